@@ -70,6 +70,8 @@ def to_bhnd(t: Tensor, heads: int, skip_reshape: bool) -> Tensor:
     """View ComfyUI's ``[B, N, H*D]`` (or ``[B, H, N, D]`` with skip_reshape) as ``[B, H, N, D]``."""
     if skip_reshape:
         return t
+    if t.ndim == 4:  # MMDiT hands v as [B, N, H, D]
+        return t.transpose(1, 2)
     b, n, hd = t.shape
     return t.view(b, n, heads, hd // heads).transpose(1, 2)
 
@@ -110,7 +112,9 @@ def scaled_values(v: Tensor, reweight: Reweight | None, heads: int, skip_reshape
     if reweight is None or reweight.mode != "scale":
         return v
     w = reweight.weights.to(device=v.device, dtype=v.dtype)
-    return v * (w[:, None, :, None] if skip_reshape else w[:, :, None])
+    if skip_reshape:
+        return v * w[:, None, :, None]
+    return v * w.view(*w.shape, *([1] * (v.ndim - 2)))
 
 
 def fused_with_lse(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor] | None:

@@ -1,0 +1,1 @@
+"""Glue between ComfyUI and the engine: the only code that imports comfy."""

@@ -1,0 +1,163 @@
+"""EnfoquePatchModel and EnfoqueAttentionMaps: the diffusion model's attention to each word."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..attention.maps import AttentionMaps, pool_tokens
+from ..attention.tokens import parse_blocks
+from .model_hooks import SUPPORTED, ModelProbe, ProbeConfig, block_count, install, model_family
+from .types import Maps, Probe
+
+CATEGORY = "Enfoque"
+
+
+def word_spans(layout, columns: list[int], query: str, node: str) -> tuple[list[str], list[list[int]]]:
+    """Labels and, per label, indices into the captured columns."""
+    col = {p: i for i, p in enumerate(columns)}
+    if not query.strip():
+        labels, spans = [], []
+        for w, s in zip(layout.words, layout.spans, strict=True):
+            idx = [col[p] for p in s if p in col]
+            if idx:
+                labels.append(w)
+                spans.append(idx)
+        return labels, spans
+    labels, spans = [], []
+    for item in (x.strip() for x in query.split(",")):
+        if not item:
+            continue
+        if not layout.labelled:
+            if not item.startswith("#") or not item[1:].isdigit():
+                raise ValueError(
+                    f"{node}: the prompt was encoded by a stock CLIP, so its maps are labelled by context position "
+                    f"(#0, #1, ...); {item!r} is not one. Put EnfoquePatchCLIP before the text encode to use words."
+                )
+            hits = [int(item[1:])] if int(item[1:]) < len(layout.words) else []
+        else:
+            hits = layout.find(item)
+        idx = [col[p] for i in hits for p in layout.spans[i] if p in col]
+        if not idx:
+            shown = ", ".join(w for w in layout.words[:60])
+            raise ValueError(f"{node}: {item!r} is not among the captured prompt words: {shown}")
+        labels.append(item)
+        spans.append(idx)
+    return labels, spans
+
+
+class EnfoquePatchModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EnfoquePatchModel",
+            display_name="Enfoque Patch Model",
+            category=CATEGORY,
+            description="Instruments the diffusion model's attention: exact per-word attention maps and "
+            f"per-token weights that act inside attention. Supports {SUPPORTED}.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Boolean.Input("capture", default=True, tooltip="Record where the image attends to each prompt word."),
+                io.Combo.Input(
+                    "reweight", options=["off", "bias", "scale"], default="bias",
+                    tooltip="How token weights from the conditioning act: bias = softmax(logits + log w), "
+                    "renormalised; scale = Prompt-to-Prompt post-softmax multiply; off = ignore them.",
+                ),
+                io.String.Input("blocks", default="all", tooltip="Blocks to capture and reweight: 'all', '8-16' or '0,3,5'. "
+                                "Flux numbers double blocks first, then single blocks."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Start of the step window, as in ComfyUI's own nodes."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="End of the step window, as in ComfyUI's own nodes."),
+                io.Boolean.Input("capture_negative", default=False, optional=True,
+                                 tooltip="Also record the negative prompt's maps."),
+                io.String.Input("capture_words", default="", optional=True,
+                                tooltip="Only capture these words (comma separated); empty = all words."),
+                io.Float.Input("budget_mb", default=1024.0, min=1.0, max=65536.0, step=1.0, optional=True,
+                               tooltip="Most memory the captured maps may take."),
+            ],
+            outputs=[io.Model.Output(), Probe.Output(display_name="probe")],
+        )
+
+    @classmethod
+    def execute(cls, model, capture, reweight, blocks, start_percent, end_percent,
+                capture_negative=False, capture_words="", budget_mb=1024.0) -> io.NodeOutput:
+        node = "EnfoquePatchModel"
+        if reweight not in ("off", "bias", "scale"):
+            raise ValueError(f"{node}: reweight {reweight!r} is not one of off, bias, scale")
+        if not 0.0 <= start_percent <= end_percent <= 1.0:
+            raise ValueError(
+                f"{node}: start_percent {start_percent} must not exceed end_percent {end_percent} (both in 0..1)"
+            )
+        family, dm = model_family(model)
+        selected = parse_blocks(blocks, block_count(family, dm), node)
+        words = tuple(w.strip() for w in (capture_words or "").split(",") if w.strip())
+        config = ProbeConfig(capture=bool(capture), reweight=reweight, blocks=selected,
+                             start_percent=float(start_percent), end_percent=float(end_percent),
+                             capture_negative=bool(capture_negative), capture_words=words,
+                             budget_mb=float(budget_mb))
+        patched, probe = install(model, config)
+        return io.NodeOutput(patched, probe)
+
+
+class EnfoqueAttentionMaps(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EnfoqueAttentionMaps",
+            display_name="Enfoque Attention Maps",
+            category=CATEGORY,
+            description="Per-word attention maps of the last sampling run of a model patched by EnfoquePatchModel.",
+            inputs=[
+                Probe.Input("probe"),
+                io.Latent.Input("latent", tooltip="The sampler's output; it only makes this node run after sampling."),
+                io.String.Input("words", default="", tooltip="Words or phrases, comma separated; empty = every prompt word."),
+                io.Combo.Input("prompt", options=["positive", "negative"], default="positive", optional=True,
+                               tooltip="Whose maps: the positive prompt's, or the negative's (needs capture_negative)."),
+                io.Int.Input("cond_index", default=0, min=0, max=64, optional=True,
+                             tooltip="Which conditioning when several were combined."),
+            ],
+            outputs=[Maps.Output(display_name="maps")],
+        )
+
+    @classmethod
+    def execute(cls, probe, latent, words, prompt="positive", cond_index=0) -> io.NodeOutput:
+        node = "EnfoqueAttentionMaps"
+        if not isinstance(probe, ModelProbe):
+            raise ValueError(f"{node}: the probe must come from EnfoquePatchModel")
+        if not probe.config.capture:
+            raise ValueError(f"{node}: capture is off on EnfoquePatchModel; turn it on to get maps")
+        res = probe.result
+        if res is None:
+            raise ValueError(
+                f"{node}: no finished sampling run was recorded; connect the LATENT of a sampler that uses the "
+                "MODEL from the same EnfoquePatchModel"
+            )
+        key = (prompt, int(cond_index))
+        if key not in res.maps:
+            have = ", ".join(f"{r} #{i}" for r, i in sorted(res.maps)) or "none"
+            hint = " (turn on capture_negative)" if prompt == "negative" else ""
+            raise ValueError(f"{node}: no maps for the {prompt} conditioning #{cond_index}{hint}; recorded: {have}")
+        route = res.routes[key]
+        token_maps = res.maps[key]
+        labels, spans = word_spans(route.layout, route.columns, words, node)
+        maps = pool_tokens(token_maps, spans, words=labels)
+        samples = latent.get("samples") if isinstance(latent, dict) else None
+        lh, lw = (samples.shape[-2], samples.shape[-1]) if samples is not None else res.grid
+        meta = {
+            "model_family": probe.family,
+            "prompt": prompt,
+            "cond_index": int(cond_index),
+            "words": labels,
+            "context_positions": [[route.columns[i] for i in s] for s in spans],
+            "token_spans": route.layout.encoder_spans,
+            "labelled": route.layout.labelled,
+            "blocks": res.blocks,
+            "steps": res.steps,
+            "sigma_window": [probe.config.start_percent, probe.config.end_percent],
+            "reweight": probe.config.reweight,
+            "grid": list(res.grid),
+            "image_size": [int(lh) * 8, int(lw) * 8],
+            "normalisation": "none (mean attention probability over heads, blocks and steps)",
+            "run": res.run,
+        }
+        return io.NodeOutput(AttentionMaps(maps=maps, words=labels, meta=meta))
