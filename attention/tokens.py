@@ -131,3 +131,180 @@ def parse_word_weights(text: str, node: str = "EnfoqueTokenWeights") -> list[tup
             raise ValueError(f"{node}: weight {w:g} for {m.group(1)!r} is negative; use 0 to remove a word")
         out.append((m.group(1), w))
     return out
+
+
+# -- building a layout from the tokens an encode sees ------------------------------
+
+_PUNCT = "".join(ch for ch in map(chr, range(33, 127)) if not ch.isalnum())
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One encoder's tokens as ComfyUI hands them to ``encode_token_weights``.
+
+    ``chunks`` are lists of ``(token, weight[, word_id])``; a token is an int or an
+    embedding tensor. ``pieces`` turns an int token into its vocabulary string.
+    ``kind`` is "bpe" (CLIP: a word ends with ``</w>``) or "sentencepiece" (T5: a
+    word starts with ``▁``).
+    """
+
+    key: str
+    chunks: list
+    pieces: dict[int, str]
+    kind: str
+    start: int | None
+    end: int | None
+
+
+@dataclass
+class _Word:
+    text: str
+    tokens: list[int]  # flat indices into the stream
+    weight: float
+
+
+def _content(stream: Stream) -> list[tuple[int, object, float, int]]:
+    """(flat index, token, weight, word id) of the prompt's own tokens: no start/end/padding."""
+    out = []
+    flat = 0
+    for chunk in stream.chunks:
+        started = stream.start is None
+        for item in chunk:
+            tok, w = item[0], float(item[1])
+            wid = item[2] if len(item) > 2 else -1
+            i = flat
+            flat += 1
+            if isinstance(tok, int) and not started and tok == stream.start:
+                started = True
+                continue
+            if isinstance(tok, int) and tok == stream.end:
+                started = False  # the rest of the chunk is end/padding
+                continue
+            if started:
+                out.append((i, tok, w, wid))
+    return out
+
+
+def stream_length(stream: Stream) -> int:
+    return sum(len(c) for c in stream.chunks)
+
+
+def _words(stream: Stream) -> list[_Word]:
+    words: list[_Word] = []
+    current: _Word | None = None
+    last_embed_id = None
+    for i, tok, w, wid in _content(stream):
+        if not isinstance(tok, int):  # a textual-inversion embedding vector
+            if current is not None and last_embed_id == (wid if wid != -1 else "run"):
+                current.tokens.append(i)
+            else:
+                current = _Word("embedding", [i], w)
+                words.append(current)
+            last_embed_id = wid if wid != -1 else "run"
+            continue
+        last_embed_id = None
+        piece = stream.pieces.get(tok, "")
+        bare = piece.replace("</w>", "").replace("▁", "")
+        if bare and not any(ch.isalnum() for ch in bare):
+            words.append(_Word(bare, [i], w))  # punctuation: a word of its own, dropped below
+            current = None
+            continue
+        if stream.kind == "bpe":
+            starts = current is None or current.text.endswith("</w>")
+        else:
+            starts = current is None or piece.startswith("▁")
+        if starts or current.text == "embedding":
+            current = _Word(piece, [i], w)
+            words.append(current)
+        else:
+            current.text += piece
+            current.tokens.append(i)
+            current.weight = max(current.weight, w, key=lambda x: abs(x - 1.0))
+    for wd in words:
+        wd.text = wd.text.replace("</w>", "").replace("▁", "").strip()
+    # split sentencepiece words on punctuation so "cat," and "red-fur" read like CLIP's words
+    out: list[_Word] = []
+    for wd in words:
+        parts = [p for p in re.split(r"[^\w']+", wd.text) if p] if wd.text != "embedding" else [wd.text]
+        if not parts:
+            continue
+        for p in parts:
+            out.append(_Word(p, list(wd.tokens), wd.weight))
+    return out
+
+
+def _align(primary: list[str], other: list[str]) -> dict[int, int]:
+    """Index map other -> primary for words that agree (case-insensitive), in order."""
+    import difflib
+
+    a = [w.lower() for w in primary]
+    b = [w.lower() for w in other]
+    out: dict[int, int] = {}
+    for block in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks():
+        for k in range(block.size):
+            out[block.b + k] = block.a + k
+    return out
+
+
+def context_offsets(lengths: dict[str, int], context_length: int) -> dict[str, int] | None:
+    """Where each stream lands in the context, told apart by lengths alone.
+
+    CLIP streams (``l``, ``g``) share positions (their channels are joined);
+    T5 follows them (SD3) or stands alone (Flux, whose CLIP only gives the
+    pooled vector). None when the lengths fit no known arrangement.
+    """
+    clip = max((lengths[k] for k in ("l", "g") if k in lengths), default=0)
+    t5 = lengths.get("t5xxl", 0)
+    if clip and t5 and clip + t5 == context_length:
+        return {"l": 0, "g": 0, "t5xxl": clip}
+    if t5 and t5 == context_length:
+        return {"t5xxl": 0}
+    if clip and clip == context_length:
+        return {"l": 0, "g": 0}
+    return None
+
+
+def build_layout(streams: list[Stream], context_length: int, in_context: dict[str, int]) -> TokenLayout:
+    """Words, their context positions, weights and per-encoder spans.
+
+    ``in_context`` gives, for each stream key that reaches the diffusion model's
+    context, the position its first token lands on (CLIP-L and CLIP-G share
+    positions, T5 follows them in SD3; Flux keeps only T5). Words come from the
+    first stream; the others are aligned to them word by word.
+    """
+    if not streams:
+        return TokenLayout.positional(context_length)
+    per_stream = {s.key: _words(s) for s in streams}
+    ordered = sorted(streams, key=lambda s: (s.key not in in_context, s.kind != "bpe"))
+    primary = per_stream[ordered[0].key]
+    words = [w.text for w in primary]
+    spans: list[list[int]] = [[] for _ in words]
+    enc_spans: dict[str, list[list[int]]] = {}
+    weights: dict[int, float] = {}
+    for s in streams:
+        ws = per_stream[s.key]
+        mapping = {i: i for i in range(len(ws))} if ws is primary else _align(words, [w.text for w in ws])
+        enc = [[] for _ in words]
+        for j, wd in enumerate(ws):
+            if j not in mapping:
+                continue
+            i = mapping[j]
+            enc[i].extend(t for t in wd.tokens if t not in enc[i])
+            if s.key in in_context:
+                for t in wd.tokens:
+                    pos = in_context[s.key] + t
+                    if pos < context_length and pos not in spans[i]:
+                        spans[i].append(pos)
+                        if wd.weight != 1.0:
+                            weights[pos] = wd.weight
+        enc_spans[s.key] = enc
+    keep = [i for i, s in enumerate(spans) if s]
+    specials = set(range(context_length)) - {p for i in keep for p in spans[i]}
+    return TokenLayout(
+        words=tuple(words[i] for i in keep),
+        spans=tuple(tuple(spans[i]) for i in keep),
+        context_length=context_length,
+        weights=weights,
+        encoder_spans={k: [v[i] for i in keep] for k, v in enc_spans.items()},
+        special=tuple(sorted(specials)),
+    ) if keep else TokenLayout(words=(), spans=(), context_length=context_length, special=tuple(range(context_length)))

@@ -3,8 +3,25 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .model_nodes import EnfoqueAttentionMaps, EnfoquePatchModel
+from .output_nodes import (
+    EnfoqueHeatmaps,
+    EnfoqueLoadAttentionMaps,
+    EnfoqueMapsToMask,
+    EnfoqueSaveAttentionMaps,
+)
+from .text_nodes import EnfoquePatchCLIP, EnfoqueTextAttentionMaps, EnfoqueTokenWeights
 
 
 class EnfoqueExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [EnfoquePatchModel, EnfoqueAttentionMaps]
+        return [
+            EnfoquePatchModel,
+            EnfoqueAttentionMaps,
+            EnfoquePatchCLIP,
+            EnfoqueTokenWeights,
+            EnfoqueTextAttentionMaps,
+            EnfoqueHeatmaps,
+            EnfoqueMapsToMask,
+            EnfoqueSaveAttentionMaps,
+            EnfoqueLoadAttentionMaps,
+        ]

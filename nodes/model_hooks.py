@@ -102,6 +102,7 @@ class RunRecord:
     last_sigma: float | None = None
     plans: dict[tuple, Plan | None] = field(default_factory=dict)
     blocks_seen: set[int] = field(default_factory=set)
+    active_steps: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -112,6 +113,7 @@ class ProbeResult:
     routes: dict[tuple[str, int], Route]
     grid: tuple[int, int]
     steps: int
+    active_steps: list[int]
     blocks: list[int]
     run: int
 
@@ -160,6 +162,7 @@ class ModelProbe(Shared):
             routes={k: by_key[k] for k in maps},
             grid=run.acc.grid,
             steps=run.step + 1,
+            active_steps=sorted(run.active_steps),
             blocks=sorted(run.blocks_seen),
             run=self.runs,
         )
@@ -185,6 +188,8 @@ class ModelProbe(Shared):
             run.step += 1
             run.last_sigma = s
         active = run.sigma_lo <= s <= run.sigma_hi
+        if active:
+            run.active_steps.add(run.step)
         h, w = x.shape[-2], x.shape[-1]
         if self.family == "unet":
             grid = (h, w)

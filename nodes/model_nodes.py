@@ -152,7 +152,7 @@ class EnfoqueAttentionMaps(io.ComfyNode):
             "token_spans": route.layout.encoder_spans,
             "labelled": route.layout.labelled,
             "blocks": res.blocks,
-            "steps": res.steps,
+            "steps": res.active_steps,
             "sigma_window": [probe.config.start_percent, probe.config.end_percent],
             "reweight": probe.config.reweight,
             "grid": list(res.grid),

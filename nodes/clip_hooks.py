@@ -1,0 +1,213 @@
+"""The engine inside a patched CLIP: weights on self-attention keys, token x token maps,
+and the token layout written onto the conditioning.
+
+Text encoders get no transformer_options, so the clone's patcher gets object
+patches (restored by ComfyUI on unpatch): the top-level ``encode_token_weights``
+(it sees every encoder's tokens and weights, and may return extra conditioning
+keys) and each self-attention module's ``forward`` (it wraps the attention
+function ComfyUI passes down).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import comfy.ldm.modules.attention as comfy_attention
+import torch
+
+from ..attention.engine import Capture, Reweight, attend
+from ..attention.tokens import LAYOUT_KEY, Stream, TokenLayout, build_layout, context_offsets, stream_length
+from .model_hooks import Shared
+
+log = logging.getLogger(__name__)
+
+RECORD_KEY = "enfoque_text_record"
+ENCODERS = (("l", "clip_l"), ("g", "clip_g"), ("t5xxl", "t5xxl"))
+ATTENTION_CLASSES = ("CLIPAttention", "T5Attention")
+_PYTORCH = {comfy_attention.attention_pytorch,
+            getattr(comfy_attention.attention_pytorch, "__wrapped__", comfy_attention.attention_pytorch)}
+MAX_RECORDS = 8
+
+
+@dataclass
+class EncoderMaps:
+    """Token x token attention of one encoder for one encode: per layer, head mean, ``[rows, T, T]``."""
+
+    layers: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class TextRecord:
+    layout: TokenLayout
+    labels: dict[str, list[str]]  # per encoder, one label per token position of the first chunk(s)
+    maps: dict[str, EncoderMaps]
+
+
+@dataclass
+class EncodeState:
+    weights: dict[str, torch.Tensor]  # per encoder: [chunks, T] weights for the keys
+    capture: bool
+    maps: dict[str, EncoderMaps] = field(default_factory=dict)
+
+
+class ClipProbe(Shared):
+    """ENFOQUE_PROBE from EnfoquePatchCLIP: the last few encodes' token x token maps."""
+
+    kind = "clip"
+
+    def __init__(self, weight_mode: str, capture: bool) -> None:
+        self.weight_mode = weight_mode
+        self.capture = capture
+        self.state: EncodeState | None = None
+        self.records: OrderedDict[str, TextRecord] = OrderedDict()
+
+    def keep(self, record: TextRecord) -> str:
+        rid = uuid.uuid4().hex
+        self.records[rid] = record
+        while len(self.records) > MAX_RECORDS:
+            self.records.popitem(last=False)
+        return rid
+
+
+def _sub_tokenizer(tokenizer, attr: str, key: str):
+    return getattr(tokenizer, attr, None) or getattr(tokenizer, key, None)
+
+
+def _stream(key: str, chunks: list, tok) -> Stream:
+    kind = "sentencepiece" if key.startswith("t5") else "bpe"
+    return Stream(key=key, chunks=chunks, pieces=tok.inv_vocab, kind=kind,
+                  start=getattr(tok, "start_token", None), end=getattr(tok, "end_token", None))
+
+
+def _labels(stream: Stream) -> list[str]:
+    out = []
+    for chunk in stream.chunks:
+        for item in chunk:
+            t = item[0]
+            if not isinstance(t, int):
+                out.append("<emb>")
+            elif t == stream.start:
+                out.append("<start>")
+            elif t == stream.end:
+                out.append("<end>")
+            else:
+                out.append(stream.pieces.get(t, str(t)).replace("</w>", "").replace("▁", "") or "_")
+    return out
+
+
+class EncodeTokenWeights(Shared):
+    """Object patch for ``cond_stage_model.encode_token_weights``."""
+
+    def __init__(self, probe: ClipProbe, original, tokenizer) -> None:
+        self.probe, self.original, self.tokenizer = probe, original, tokenizer
+
+    def __call__(self, token_weight_pairs):
+        probe = self.probe
+        streams = []
+        for key, attr in ENCODERS:
+            chunks = token_weight_pairs.get(key) if isinstance(token_weight_pairs, dict) else None
+            tok = _sub_tokenizer(self.tokenizer, attr, key)
+            if chunks and tok is not None and hasattr(tok, "inv_vocab"):
+                streams.append(_stream(key, chunks, tok))
+        weights = {}
+        if probe.weight_mode in ("attention", "both"):
+            for s in streams:
+                w = torch.tensor([[float(it[1]) for it in c] for c in s.chunks], dtype=torch.float32)
+                if bool((w != 1.0).any()):
+                    weights[s.key] = w
+        pairs = token_weight_pairs
+        if probe.weight_mode == "attention" and isinstance(token_weight_pairs, dict):
+            pairs = {k: [[(it[0], 1.0, *it[2:]) for it in c] for c in v] if k in {s.key for s in streams} else v
+                     for k, v in token_weight_pairs.items()}
+        probe.state = EncodeState(weights=weights, capture=probe.capture)
+        try:
+            out = self.original(pairs)
+        finally:
+            state, probe.state = probe.state, None
+        cond = out[0]
+        offsets = context_offsets({s.key: stream_length(s) for s in streams}, int(cond.shape[1]))
+        if offsets is None:
+            log.warning("Enfoque: could not place this encoder's tokens in the context; maps use positions")
+            layout = TokenLayout.positional(int(cond.shape[1]))
+        else:
+            layout = build_layout(streams, int(cond.shape[1]), offsets)
+        extra = dict(out[2]) if len(out) > 2 else {}
+        extra[LAYOUT_KEY] = layout
+        if state.capture and state.maps:
+            extra[RECORD_KEY] = probe.keep(TextRecord(layout, {s.key: _labels(s) for s in streams}, state.maps))
+        return (out[0], out[1], extra)
+
+
+class AttentionForward(Shared):
+    """Object patch for a CLIP/T5 self-attention module's ``forward``: wraps the attention function."""
+
+    def __init__(self, probe: ClipProbe, module: torch.nn.Module, key: str) -> None:
+        self.probe, self.module, self.key = probe, module, key
+        self.forward = type(module).forward
+        params = list(inspect.signature(self.forward).parameters)
+        self.arg_index = params.index("optimized_attention") - 1  # without self
+
+    def __call__(self, *args, **kwargs):
+        state = self.probe.state
+        if state is None or (self.key not in state.weights and not state.capture):
+            return self.forward(self.module, *args, **kwargs)
+        if "optimized_attention" in kwargs:
+            kwargs["optimized_attention"] = self._wrap(kwargs["optimized_attention"], state)
+        else:
+            args = list(args)
+            args[self.arg_index] = self._wrap(args[self.arg_index], state)
+        return self.forward(self.module, *args, **kwargs)
+
+    def _wrap(self, func, state: EncodeState):
+        def attention(q, k, v, heads, mask=None, **kw):
+            rows = q.shape[0]
+            reweight = None
+            w = state.weights.get(self.key)
+            if w is not None and w.shape[1] == k.shape[1]:
+                full = torch.ones(rows, k.shape[1])
+                n = min(rows, w.shape[0])
+                full[:n] = w[:n]
+                reweight = Reweight.build(full.to(q.device), "bias")
+            caps = [Capture(slice(0, rows), torch.arange(k.shape[1], device=q.device))] if state.capture else []
+
+            def compute_out(q_, k_, v_, m_):
+                return func(q_, k_, v_, heads, m_, **kw)
+
+            out, maps = attend(q, k, v, heads, mask=mask, reweight=reweight, captures=caps,
+                               query_range=(0, q.shape[1]),
+                               compute_out=None if (func in _PYTORCH and caps) else compute_out)
+            if maps:
+                state.maps.setdefault(self.key, EncoderMaps()).layers.append(maps[0] / heads)
+            return out
+
+        return attention
+
+
+def install(clip, weight_mode: str, capture: bool):
+    """A clone of ``clip`` with instrumented encoders, and its probe. The original is untouched."""
+    c = clip.clone()
+    probe = ClipProbe(weight_mode, capture)
+    csm = c.cond_stage_model
+    original = c.patcher.object_patches.get("encode_token_weights") or csm.encode_token_weights
+    c.patcher.add_object_patch("encode_token_weights", EncodeTokenWeights(probe, original, c.tokenizer))
+    found = 0
+    for key, attr in ENCODERS:
+        enc = getattr(csm, attr, None)
+        if enc is None:
+            continue
+        for name, mod in enc.named_modules():
+            if type(mod).__name__ in ATTENTION_CLASSES:
+                path = f"{attr}.{name}.forward"
+                if path not in c.patcher.object_patches:
+                    c.patcher.add_object_patch(path, AttentionForward(probe, mod, key))
+                    found += 1
+    if found == 0:
+        raise ValueError(
+            "EnfoquePatchCLIP: this CLIP has no CLIP-L, CLIP-G or T5 encoder Enfoque knows; "
+            "supported: the encoders of SD1.5, SDXL, SD3/SD3.5 and Flux"
+        )
+    return c, probe

@@ -1,0 +1,427 @@
+"""Output nodes: heatmap pictures, masks, and saving/loading ENFOQUE_MAPS files.
+
+Thin glue: validate, call one function of `attention/` (render, maps, export),
+return `io.NodeOutput`. Files go through ComfyUI's own path helpers, so a
+prefix cannot escape the output folder and names never collide.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import folder_paths
+import torch
+from comfy_api.latest import io, ui
+
+from ..attention import export
+from ..attention.colormaps import COLORMAPS
+from ..attention.maps import AttentionMaps, select, share_of_text, to_mask
+from ..attention.render import heatmap_panels
+from .types import Maps
+
+log = logging.getLogger(__name__)
+
+CATEGORY = "Enfoque"
+HEATMAP_NORMALISATIONS = ["minmax", "text", "softmax", "none"]
+MAX_SIZE = 16384
+_SAVE_RETRIES = 100
+
+
+def check_maps(maps: Any, node: str) -> AttentionMaps:
+    """The ENFOQUE_MAPS value, checked again here because tensors stay mutable after creation."""
+    if not isinstance(maps, AttentionMaps):
+        raise ValueError(
+            f"{node}: 'maps' must be ENFOQUE_MAPS (from EnfoqueAttentionMaps or EnfoqueLoadAttentionMaps), "
+            f"got {type(maps).__name__}. Connect one of those nodes."
+        )
+    if not bool(torch.isfinite(maps.maps).all()):
+        raise ValueError(
+            f"{node}: the attention maps contain NaN or inf values, so nothing can be drawn or saved. "
+            "Re-run the sampling (a model or precision problem produced them), e.g. with fp32 or another sampler."
+        )
+    return maps
+
+
+def _output(node: str, exc: Exception) -> ValueError:
+    """Re-raise an engine error with the node's name in front."""
+    return ValueError(f"{node}: {exc}")
+
+
+# ---------------------------------------------------------------------------
+# pictures
+# ---------------------------------------------------------------------------
+
+
+class EnfoqueHeatmaps(io.ComfyNode):
+    """Captioned heatmap panels, one per word, alone or blended over the image."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EnfoqueHeatmaps",
+            display_name="Enfoque Heatmaps",
+            category=CATEGORY,
+            description="One captioned heatmap per word ('cat 23%': its share of the attention over the words "
+            "shown), laid out in a grid; blended over the image when one is connected.",
+            inputs=[
+                Maps.Input(
+                    "maps", tooltip="Attention maps from EnfoqueAttentionMaps or EnfoqueLoadAttentionMaps."
+                ),
+                io.Image.Input(
+                    "image",
+                    optional=True,
+                    tooltip="The decoded image to draw the heatmaps over; without it they are shown alone.",
+                ),
+                io.Combo.Input(
+                    "colormap",
+                    options=list(COLORMAPS),
+                    default="viridis",
+                    tooltip="Colour scale from low to high attention.",
+                ),
+                io.Float.Input(
+                    "opacity",
+                    default=0.6,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="Heatmap opacity over the image: 0 = image only, 1 = heatmap only.",
+                ),
+                io.Combo.Input(
+                    "normalisation",
+                    options=HEATMAP_NORMALISATIONS,
+                    default="minmax",
+                    tooltip="minmax: each word on its own 0..1 scale (where it attends); text: share of "
+                    "the shown words at each pixel; softmax: contest between words; none: raw values.",
+                ),
+                io.Int.Input(
+                    "columns",
+                    default=0,
+                    min=0,
+                    max=64,
+                    tooltip="Panels per row; 0 = automatic (about square).",
+                ),
+            ],
+            outputs=[io.Image.Output(display_name="image")],
+        )
+
+    @classmethod
+    def execute(cls, maps, colormap, opacity, normalisation, columns, image=None) -> io.NodeOutput:
+        node = "EnfoqueHeatmaps"
+        maps = check_maps(maps, node)
+        if colormap not in COLORMAPS:
+            raise ValueError(
+                f"{node}: colormap {colormap!r} is unknown; choose one of {', '.join(COLORMAPS)}."
+            )
+        if normalisation not in HEATMAP_NORMALISATIONS:
+            raise ValueError(
+                f"{node}: normalisation {normalisation!r} is unknown; choose one of {', '.join(HEATMAP_NORMALISATIONS)}."
+            )
+        if len(maps.words) == 0:
+            raise ValueError(
+                f"{node}: the maps hold no words (empty prompt or empty selection); give the prompt some words "
+                "or leave 'words' empty on EnfoqueAttentionMaps."
+            )
+        try:
+            picture = heatmap_panels(
+                maps,
+                image=image,
+                colormap=colormap,
+                opacity=float(opacity),
+                normalisation=normalisation,
+                columns=int(columns) if int(columns) > 0 else None,
+            )
+        except ValueError as exc:
+            raise _output(node, exc) from exc
+        payload = ui.PreviewImage(picture, cls=cls).as_dict()
+        payload["enfoque_words"] = list(maps.words)
+        payload["enfoque_shares"] = [
+            [round(float(s), 6) for s in row] for row in share_of_text(maps).tolist()
+        ]
+        return io.NodeOutput(picture, ui=payload)
+
+
+def _mask_size(maps: AttentionMaps, width: int, height: int, node: str) -> tuple[int, int]:
+    """(H, W) of the mask: both given; one given (the other keeps the maps' aspect); else the image size."""
+    mh, mw = maps.size
+    width, height = int(width), int(height)
+    if width < 0 or height < 0:
+        raise ValueError(f"{node}: width {width} and height {height} must be 0 (automatic) or positive.")
+    if width and height:
+        return height, width
+    if width:
+        return max(1, round(width * mh / mw)), width
+    if height:
+        return height, max(1, round(height * mw / mh))
+    size = maps.meta.get("image_size")
+    if (
+        isinstance(size, (list, tuple))
+        and len(size) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_SIZE for s in size)
+    ):
+        return int(size[0]), int(size[1])
+    return mh, mw
+
+
+class EnfoqueMapsToMask(io.ComfyNode):
+    """A MASK where the chosen words are attended (for inpainting, regional prompts, compositing)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EnfoqueMapsToMask",
+            display_name="Enfoque Maps To Mask",
+            category=CATEGORY,
+            description="Thresholds the attention of the chosen words into a MASK at the image size. Several words "
+            "are combined by a max: a pixel is in the mask if any of them attends there.",
+            inputs=[
+                Maps.Input(
+                    "maps", tooltip="Attention maps from EnfoqueAttentionMaps or EnfoqueLoadAttentionMaps."
+                ),
+                io.String.Input(
+                    "words",
+                    default="",
+                    tooltip="Words or phrases, comma separated (e.g. 'cat, red fur'); empty = all words.",
+                ),
+                io.Float.Input(
+                    "threshold",
+                    default=0.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Cut-off on the 0..1-normalised map; 0 = automatic (Otsu) per image.",
+                ),
+                io.Int.Input(
+                    "width",
+                    default=0,
+                    min=0,
+                    max=MAX_SIZE,
+                    step=1,
+                    optional=True,
+                    tooltip="Mask width; 0 = the image size recorded in the maps (else the map size). "
+                    "With only one of width/height set, the other keeps the maps' aspect ratio.",
+                ),
+                io.Int.Input(
+                    "height",
+                    default=0,
+                    min=0,
+                    max=MAX_SIZE,
+                    step=1,
+                    optional=True,
+                    tooltip="Mask height; 0 = the image size recorded in the maps (else the map size). "
+                    "With only one of width/height set, the other keeps the maps' aspect ratio.",
+                ),
+            ],
+            outputs=[io.Mask.Output(display_name="mask")],
+        )
+
+    @classmethod
+    def execute(cls, maps, words, threshold, width=0, height=0) -> io.NodeOutput:
+        node = "EnfoqueMapsToMask"
+        maps = check_maps(maps, node)
+        t = float(threshold)
+        if math.isnan(t) or not 0.0 <= t <= 1.0:
+            raise ValueError(f"{node}: threshold {threshold} must be between 0 and 1 (0 = automatic).")
+        size = _mask_size(maps, width, height, node)
+        try:
+            chosen = select(maps, words or "")
+            if len(chosen.words) == 0:
+                raise ValueError("the maps hold no words; give the prompt some words.")
+            mask = to_mask(chosen, threshold=t, size=size)
+        except ValueError as exc:
+            raise _output(node, exc) from exc
+        return io.NodeOutput(mask, ui=ui.PreviewMask(mask, cls=cls))
+
+
+# ---------------------------------------------------------------------------
+# files
+# ---------------------------------------------------------------------------
+
+
+class EnfoqueSaveAttentionMaps(io.ComfyNode):
+    """Writes the maps to ComfyUI's output folder for analysis outside ComfyUI."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EnfoqueSaveAttentionMaps",
+            display_name="Enfoque Save Attention Maps",
+            category=CATEGORY,
+            description="Saves the maps with their words and provenance: safetensors or npz (tensor 'maps' "
+            "[batch, words, H, W] float32 + JSON metadata, exact), or 16-bit PNGs with a JSON sidecar "
+            "(within 1/131070 of each map's range). Never overwrites a file.",
+            inputs=[
+                Maps.Input(
+                    "maps", tooltip="Attention maps from EnfoqueAttentionMaps or EnfoqueLoadAttentionMaps."
+                ),
+                io.String.Input(
+                    "filename_prefix",
+                    default="enfoque/maps",
+                    tooltip="Inside the output folder; a counter is appended, e.g. "
+                    "enfoque/maps_00001_.safetensors. %date% style variables work as in SaveImage.",
+                ),
+                io.Combo.Input(
+                    "format",
+                    options=list(export.FORMATS),
+                    default="safetensors",
+                    tooltip="safetensors / npz: exact float32 with metadata. png: one 16-bit grayscale "
+                    "image per word and batch row plus a .json sidecar (load that one back).",
+                ),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, maps, filename_prefix, format) -> io.NodeOutput:
+        node = "EnfoqueSaveAttentionMaps"
+        maps = check_maps(maps, node)
+        if format not in export.FORMATS:
+            raise ValueError(
+                f"{node}: format {format!r} is unknown; choose one of {', '.join(export.FORMATS)}."
+            )
+        prefix = (filename_prefix or "").strip()
+        if not prefix or os.path.basename(os.path.normpath(prefix)) in ("", ".", ".."):
+            raise ValueError(
+                f"{node}: filename_prefix {filename_prefix!r} has no file name; use e.g. 'enfoque/maps'."
+            )
+        output_dir = os.path.abspath(folder_paths.get_output_directory())
+        h, w = maps.size
+        try:
+            folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
+                prefix, output_dir, w, h
+            )
+        except Exception as exc:  # ComfyUI raises a bare Exception for paths outside the output folder
+            raise ValueError(
+                f"{node}: filename_prefix {filename_prefix!r} points outside the output folder; "
+                "use a relative prefix such as 'enfoque/maps'."
+            ) from exc
+
+        # another save may take the same counter meanwhile: move on to the next, never overwrite
+        for _ in range(_SAVE_RETRIES):
+            try:
+                paths = cls._save(maps, Path(folder), f"{filename}_{counter:05}_", format)
+                break
+            except FileExistsError:
+                counter += 1
+            except ValueError as exc:
+                raise _output(node, exc) from exc
+        else:
+            raise ValueError(f"{node}: could not find a free file name for {filename_prefix!r} in {folder}.")
+
+        subfolder = subfolder.replace(os.sep, "/")
+        results = [ui.SavedResult(p.name, subfolder, io.FolderType.output) for p in paths]
+        log.info(
+            "%s: saved %s", node, ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+        )
+        payload: dict[str, list] = {"enfoque_files": [dict(r) for r in results[:1]]}
+        if format == "png":
+            payload["images"] = results[1:]
+        return io.NodeOutput(ui=payload)
+
+    @staticmethod
+    def _save(maps: AttentionMaps, folder: Path, stem: str, fmt: str) -> list[Path]:
+        if fmt == "safetensors":
+            return [export.save_safetensors(maps, folder / f"{stem}.safetensors")]
+        if fmt == "npz":
+            return [export.save_npz(maps, folder / f"{stem}.npz")]
+        return export.save_png(maps, folder, stem)
+
+
+def list_maps_files() -> list[str]:
+    """Enfoque maps files under the input folder (subfolders included), as '/'-separated relative names."""
+    base = folder_paths.get_input_directory()
+    names, _ = folder_paths.recursive_search(base, excluded_dir_names=[".git"])
+    out = []
+    for rel in names:
+        parts = Path(rel).parts
+        if any(p.startswith(".") for p in parts) or Path(rel).suffix.lower() not in export.EXTENSIONS:
+            continue
+        if export.is_maps_file(os.path.join(base, rel)):
+            out.append(Path(rel).as_posix())
+    return sorted(out)
+
+
+def resolve_file(name: str, node: str) -> Path:
+    """The path of `name` in the input folder ('... [output]' also allowed); refuses paths that leave it."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(
+            f"{node}: no file chosen. Put a .safetensors, .npz or PNG-set .json saved by EnfoqueSaveAttentionMaps "
+            "into ComfyUI's input folder and refresh."
+        )
+    rel, base = folder_paths.annotated_filepath(name.strip())
+    base = os.path.abspath(base or folder_paths.get_input_directory())
+    full = os.path.abspath(os.path.join(base, rel))
+    if os.path.commonpath([base, full]) != base:
+        raise ValueError(
+            f"{node}: file {name!r} is outside ComfyUI's input folder; pick a file from the list."
+        )
+    path = Path(full)
+    if path.suffix.lower() not in export.EXTENSIONS:
+        raise ValueError(
+            f"{node}: file {name!r} is not a .safetensors, .npz or PNG-set .json sidecar; pick one of those."
+        )
+    if not path.is_file():
+        raise ValueError(
+            f"{node}: file {name!r} was not found in {base}; copy it there (or refresh the list) and pick it again."
+        )
+    return path
+
+
+class EnfoqueLoadAttentionMaps(io.ComfyNode):
+    """Loads maps saved by EnfoqueSaveAttentionMaps, to draw or mask them again without sampling."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EnfoqueLoadAttentionMaps",
+            display_name="Enfoque Load Attention Maps",
+            category=CATEGORY,
+            description="Loads attention maps saved by EnfoqueSaveAttentionMaps from ComfyUI's input folder "
+            "(subfolders included): .safetensors, .npz, or the .json sidecar of a PNG set.",
+            inputs=[
+                io.Combo.Input(
+                    "file",
+                    options=list_maps_files(),
+                    tooltip="A maps file in the input folder. Copy saved files from output/ to input/.",
+                ),
+            ],
+            outputs=[Maps.Output(display_name="maps")],
+        )
+
+    @classmethod
+    def execute(cls, file) -> io.NodeOutput:
+        node = "EnfoqueLoadAttentionMaps"
+        path = resolve_file(file, node)
+        try:
+            maps = export.load(path)
+        except (ValueError, OSError) as exc:
+            raise ValueError(
+                f"{node}: cannot load {file!r}: {exc} Save it again with EnfoqueSaveAttentionMaps, "
+                "or pick another file."
+            ) from exc
+        return io.NodeOutput(maps)
+
+    @classmethod
+    def fingerprint_inputs(cls, file) -> str:
+        try:
+            return export.fingerprint(resolve_file(file, "EnfoqueLoadAttentionMaps"))
+        except ValueError as exc:
+            return f"invalid: {exc}"
+
+    @classmethod
+    def validate_inputs(cls, file) -> bool | str:
+        node = "EnfoqueLoadAttentionMaps"
+        try:
+            path = resolve_file(file, node)
+        except ValueError as exc:
+            return str(exc)
+        if not export.is_maps_file(path):
+            return (
+                f"{node}: {file!r} is not an Enfoque attention-maps file (no '{export.FORMAT}' metadata); "
+                "pick a file saved by EnfoqueSaveAttentionMaps."
+            )
+        return True

@@ -1,0 +1,162 @@
+"""EnfoquePatchCLIP, EnfoqueTokenWeights and EnfoqueTextAttentionMaps."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..attention.maps import AttentionMaps
+from ..attention.render import token_matrix_image
+from ..attention.tokens import LAYOUT_KEY, parse_word_weights
+from .clip_hooks import RECORD_KEY, ClipProbe, install
+from .model_nodes import CATEGORY
+from .types import Maps, Probe
+
+NEEDS_PATCHED_CLIP = "put EnfoquePatchCLIP before the text encode so the conditioning knows its words"
+
+
+class EnfoquePatchCLIP(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EnfoquePatchCLIP",
+            display_name="Enfoque Patch CLIP",
+            category=CATEGORY,
+            description="Instruments CLIP-L, CLIP-G and T5: (word:w) weights act on the encoder's self-attention "
+            "keys, token x token maps are recorded, and every encode writes the prompt's token layout onto the "
+            "conditioning so EnfoquePatchModel can label maps with words and reweight them.",
+            inputs=[
+                io.Clip.Input("clip"),
+                io.Combo.Input(
+                    "weight_mode", options=["comfy", "attention", "both"], default="attention",
+                    tooltip="attention: (word:w) biases the encoder's attention to that word's tokens; comfy: "
+                    "ComfyUI's stock embedding interpolation; both: the two together.",
+                ),
+                io.Boolean.Input("capture", default=True, tooltip="Record token x token attention maps."),
+            ],
+            outputs=[io.Clip.Output(), Probe.Output(display_name="probe")],
+        )
+
+    @classmethod
+    def execute(cls, clip, weight_mode, capture) -> io.NodeOutput:
+        if weight_mode not in ("comfy", "attention", "both"):
+            raise ValueError(f"EnfoquePatchCLIP: weight_mode {weight_mode!r} is not one of comfy, attention, both")
+        patched, probe = install(clip, weight_mode, bool(capture))
+        return io.NodeOutput(patched, probe)
+
+
+def apply_word_weights(conditioning, text: str, node: str = "EnfoqueTokenWeights"):
+    """A copy of the conditioning whose layouts carry the weights (the original is left alone)."""
+    pairs = parse_word_weights(text, node)
+    out = []
+    for t, d in conditioning:
+        layout = d.get(LAYOUT_KEY)
+        if layout is None or not layout.labelled:
+            raise ValueError(f"{node}: this conditioning carries no word layout; {NEEDS_PATCHED_CLIP}")
+        weights = {}
+        for phrase, w in pairs:
+            hits = layout.find(phrase)
+            if not hits:
+                raise ValueError(
+                    f"{node}: {phrase!r} is not a word of the prompt; its words are: {', '.join(layout.words)}"
+                )
+            for i in hits:
+                for p in layout.spans[i]:
+                    weights[p] = w
+        d = dict(d)
+        d[LAYOUT_KEY] = layout.with_weights(weights)
+        out.append([t, d])
+    return out
+
+
+class EnfoqueTokenWeights(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EnfoqueTokenWeights",
+            display_name="Enfoque Token Weights",
+            category=CATEGORY,
+            description="Per-word weights the diffusion model applies inside attention (needs EnfoquePatchModel "
+            "with reweight on, and a conditioning encoded by a CLIP from EnfoquePatchCLIP).",
+            inputs=[
+                io.Conditioning.Input("conditioning"),
+                io.String.Input("weights", default="", multiline=True,
+                                tooltip="word:weight pairs, e.g. 'cat:1.5, red fur:0.5'. 0 removes a word."),
+            ],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, conditioning, weights) -> io.NodeOutput:
+        return io.NodeOutput(apply_word_weights(conditioning, weights))
+
+
+def _pool(matrix: torch.Tensor, spans: list[list[int]]) -> torch.Tensor:
+    """Word x word mean of a token x token matrix."""
+    rows = torch.stack([matrix[s].mean(0) for s in spans])
+    return torch.stack([rows[:, s].mean(1) for s in spans], dim=1)
+
+
+class EnfoqueTextAttentionMaps(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EnfoqueTextAttentionMaps",
+            display_name="Enfoque Text Attention Maps",
+            category=CATEGORY,
+            description="Token x token self-attention of a text encoder for one encoded prompt.",
+            inputs=[
+                Probe.Input("probe", tooltip="From EnfoquePatchCLIP."),
+                io.Conditioning.Input("conditioning", tooltip="The prompt encoded with that patched CLIP."),
+                io.Combo.Input("encoder", options=["auto", "l", "g", "t5xxl"], default="auto", optional=True,
+                               tooltip="Which encoder; auto = the first one that ran (CLIP-L, then CLIP-G, then T5)."),
+                io.Int.Input("layer", default=-1, min=-1, max=128, optional=True,
+                             tooltip="-1 = mean over all layers; otherwise that layer."),
+                io.Combo.Input("level", options=["words", "tokens"], default="words", optional=True,
+                               tooltip="words: word x word (mean of sub-tokens); tokens: every token of the chunk."),
+            ],
+            outputs=[Maps.Output(display_name="maps"), io.Image.Output(display_name="image")],
+        )
+
+    @classmethod
+    def execute(cls, probe, conditioning, encoder="auto", layer=-1, level="words") -> io.NodeOutput:
+        node = "EnfoqueTextAttentionMaps"
+        if not isinstance(probe, ClipProbe):
+            raise ValueError(f"{node}: the probe must come from EnfoquePatchCLIP")
+        if not conditioning:
+            raise ValueError(f"{node}: the conditioning is empty")
+        d = conditioning[0][1]
+        rid = d.get(RECORD_KEY)
+        if rid is None:
+            raise ValueError(f"{node}: this conditioning was not encoded by the CLIP of this probe with capture on; "
+                             "connect the CLIP output of EnfoquePatchCLIP to the text encode")
+        rec = probe.records.get(rid)
+        if rec is None:
+            raise ValueError(f"{node}: the maps of this encode are no longer kept (the probe keeps the last few "
+                             "encodes); run the text encode again")
+        keys = [k for k in ("l", "g", "t5xxl") if k in rec.maps]
+        key = keys[0] if encoder == "auto" and keys else encoder
+        if key not in rec.maps:
+            raise ValueError(f"{node}: encoder {encoder!r} did not run for this prompt; available: {', '.join(keys)}")
+        layers = rec.maps[key].layers
+        if layer >= len(layers):
+            raise ValueError(f"{node}: layer {layer} is out of range; this encoder has {len(layers)} layers (0-"
+                             f"{len(layers) - 1}), or use -1 for the mean")
+        m = (torch.stack(layers).mean(0) if layer < 0 else layers[layer])[0].float().cpu()  # first chunk [T, T]
+        layout = rec.layout
+        enc_spans = layout.encoder_spans.get(key, [])
+        t = m.shape[0]
+        if level == "words":
+            pairs = [(w, [i for i in s if i < t]) for w, s in zip(layout.words, enc_spans, strict=False)]
+            pairs = [(w, s) for w, s in pairs if s]
+            if not pairs:
+                raise ValueError(f"{node}: the prompt has no words in encoder {key!r} (empty prompt?); use level tokens")
+            labels = [w for w, _ in pairs]
+            matrix = _pool(m, [s for _, s in pairs])
+        else:
+            labels = rec.labels.get(key, [])[:t]
+            matrix = m
+        meta = {"kind": "text", "encoder": key, "layer": int(layer), "level": level, "words": labels,
+                "normalisation": "none (attention probability, mean over heads)"}
+        maps = AttentionMaps(maps=matrix[None, :, None, :].contiguous(), words=labels, meta=meta)
+        return io.NodeOutput(maps, token_matrix_image(matrix, labels))

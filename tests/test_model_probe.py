@@ -1,0 +1,249 @@
+"""EnfoquePatchModel / EnfoqueAttentionMaps on tiny real models, sampled by ComfyUI's KSampler."""
+
+from __future__ import annotations
+
+import pytest
+import tiny_models
+import torch
+
+pytestmark = pytest.mark.host
+
+FAMILIES = {
+    # name: (model factory, clip factory, latent node, cfg, text length seen by the model)
+    "sd3": (tiny_models.sd3, tiny_models.clip_sd3, "EmptySD3LatentImage", 3.0),
+    "sd35": (lambda d: tiny_models.sd3(d, x_block_self_attn_layers=(0,), name="probe_sd35"),
+             tiny_models.clip_sd3, "EmptySD3LatentImage", 3.0),
+    "flux": (lambda d: tiny_models.flux(d, name="probe_flux"), tiny_models.clip_flux, "EmptySD3LatentImage", 2.0),
+    "sd15": (lambda d: tiny_models.sd15_unet(d, name="probe_sd15"), tiny_models.clip_sd15, "EmptyLatentImage", 3.0),
+    "sdxl": (lambda d: tiny_models.sdxl_unet(d, name="probe_sdxl"), tiny_models.clip_sdxl, "EmptyLatentImage", 3.0),
+}
+_models: dict = {}
+
+
+def family(comfy, tiny_dir, name):
+    if name not in _models:
+        make_model, make_clip, latent_node, cfg = FAMILIES[name]
+        clip = make_clip()
+        pos = comfy.run("CLIPTextEncode", clip=clip, text="a red cat on a blue chair")[0]
+        neg = comfy.run("CLIPTextEncode", clip=clip, text="blurry")[0]
+        _models[name] = (make_model(tiny_dir).model, pos, neg, latent_node, cfg)
+    return _models[name]
+
+
+def ksample(comfy, model, pos, neg, latent_node, cfg, steps=2, width=128, height=96, batch=1, seed=3):
+    latent = comfy.run(latent_node, width=width, height=height, batch_size=batch)[0]
+    return comfy.run("KSampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
+                     scheduler="simple", positive=pos, negative=neg, latent_image=latent, denoise=1.0)[0]
+
+
+def patch(comfy, model, **kw):
+    args = dict(capture=True, reweight="bias", blocks="all", start_percent=0.0, end_percent=1.0)
+    args.update(kw)
+    return comfy.run("EnfoquePatchModel", model=model, **args)
+
+
+def with_layout(comfy, cond, weights: dict[int, float]):
+    """The conditioning with a positional layout carrying weights (what step 4's encode writes)."""
+    tokens = comfy.submodule("attention.tokens")
+    out = []
+    for t, d in cond:
+        d = dict(d)
+        d[tokens.LAYOUT_KEY] = tokens.TokenLayout.positional(t.shape[1]).with_weights(weights)
+        out.append([t, d])
+    return out
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_capture_is_neutral_and_original_untouched(comfy, tiny_dir, name):
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, name)
+    before = dict(model.model_options["transformer_options"])
+    stock = ksample(comfy, model, pos, neg, latent_node, cfg)["samples"]
+    patched, probe = patch(comfy, model, capture_negative=True)
+    out = ksample(comfy, patched, pos, neg, latent_node, cfg)["samples"]
+    assert (out - stock).abs().max().item() <= 1e-5
+    assert model.model_options["transformer_options"] == before
+    again = ksample(comfy, model, pos, neg, latent_node, cfg)["samples"]
+    assert torch.equal(again, stock)
+    res = probe.result
+    assert set(res.maps) == {("positive", 0), ("negative", 0)}
+    m = res.maps[("positive", 0)]
+    assert m.shape[0] == 1 and torch.isfinite(m).all() and m.sum() > 0
+    assert res.grid == ((6, 8) if name in ("sd3", "sd35", "flux") else (12, 16))
+    assert probe.run is None, "the running sums outlive the sampling run"
+
+
+class NaiveReference:
+    """A test-only override set before ours: records softmax(q k^T / sqrt(d)) for image
+    queries x text keys of the cond rows, written plainly, and calls the stock backend."""
+
+    def __init__(self, text_len: int, grid: tuple[int, int], joint: bool):
+        self.text_len, self.n_img, self.joint = text_len, grid[0] * grid[1], joint
+        self.maps: list[torch.Tensor] = []
+        self.calls = 0
+
+    def __deepcopy__(self, memo):  # ModelPatcher.clone() deep-copies model_options
+        return self
+
+    def __call__(self, func, q, k, v, heads, *args, **kwargs):
+        self.calls += 1
+        skip = kwargs.get("skip_reshape", False)
+        to = kwargs.get("transformer_options", {})
+        qh, kh = (t if skip else t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k))
+        is_joint = self.joint and kh.shape[2] == qh.shape[2] >= self.text_len + self.n_img
+        is_cross = not self.joint and kh.shape[2] == self.text_len and qh.shape[2] == self.n_img
+        if is_joint or is_cross:
+            p = torch.softmax(qh.double() @ kh.double().transpose(-1, -2) / qh.shape[-1] ** 0.5, dim=-1)
+            q0 = self.text_len if self.joint else 0
+            p = p[:, :, q0:q0 + self.n_img, :self.text_len]
+            rows = p.shape[0] // len(to["cond_or_uncond"])
+            i = to["cond_or_uncond"].index(0)
+            self.maps.append(p[i * rows:(i + 1) * rows].mean(1))  # [rows, img, text]
+        return func(q, k, v, heads, *args, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["sd3", "sd35", "flux"])
+def test_maps_equal_naive_reference_dit(comfy, tiny_dir, name):
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, name)
+    text_len = pos[0][0].shape[1]
+    ref = NaiveReference(text_len, (6, 8), joint=True)
+    m = model.clone()
+    m.model_options["transformer_options"]["optimized_attention_override"] = ref
+    patched, probe = patch(comfy, m)
+    ksample(comfy, patched, pos, neg, latent_node, cfg)
+    expected = torch.stack(ref.maps).mean(0)  # mean over blocks and steps of the head mean
+    got = probe.result.maps[("positive", 0)]  # [rows, tokens, H, W]
+    got = got.flatten(2).transpose(1, 2)
+    assert len(ref.maps) == len(probe.result.active_steps) * len(probe.result.blocks)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_maps_equal_naive_reference_unet(comfy, tiny_dir):
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, "sd15")
+    m = model.clone()
+    grids = {}
+
+    class PerLevel(NaiveReference):
+        def __call__(self, func, q, k, v, heads, *args, **kwargs):
+            if k.shape[1] == 77 and q.shape[1] != k.shape[1]:
+                n = q.shape[1]
+                qh, kh = (t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k))
+                p = torch.softmax(qh.double() @ kh.double().transpose(-1, -2) / qh.shape[-1] ** 0.5, dim=-1)
+                to = kwargs["transformer_options"]
+                rows = p.shape[0] // len(to["cond_or_uncond"])
+                i = to["cond_or_uncond"].index(0)
+                grids.setdefault(n, len(grids))
+                self.maps.append((n, p[i * rows:(i + 1) * rows].mean(1)))
+            return func(q, k, v, heads, *args, **kwargs)
+
+    ref = PerLevel(77, (12, 16), joint=False)
+    m.model_options["transformer_options"]["optimized_attention_override"] = ref
+    patched, probe = patch(comfy, m)
+    ksample(comfy, patched, pos, neg, latent_node, cfg)
+    # each level's map brought to the 12x16 latent grid, then the mean over calls
+    levels = {192: (12, 16), 48: (6, 8), 12: (3, 4)}
+    up = []
+    for n, p in ref.maps:
+        h, w = levels[n]
+        g = p.transpose(1, 2).reshape(p.shape[0], 77, h, w)
+        if (h, w) != (12, 16):
+            g = torch.nn.functional.interpolate(g, size=(12, 16), mode="bilinear", align_corners=False)
+        up.append(g)
+    expected = torch.stack(up).mean(0)
+    assert len(grids) >= 2, "the tiny UNet should have cross-attention at two resolutions"
+    torch.testing.assert_close(probe.result.maps[("positive", 0)].double(), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["bias", "scale"])
+@pytest.mark.parametrize("name", ["sd3", "flux", "sd15"])
+def test_weights_steer_only_their_prompt(comfy, tiny_dir, name, mode):
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, name)
+    j = 3  # a context position inside the prompt's words
+
+    def run(weights):
+        # first block, one step: the maps there see the same hidden states in every run
+        patched, probe = patch(comfy, model, reweight=mode, capture_negative=True, blocks="0")
+        cond = with_layout(comfy, pos, weights) if weights is not None else pos
+        ksample(comfy, patched, cond, neg, latent_node, cfg, steps=1)
+        return probe.result
+
+    base, up, gone = run(None), run({j: 2.0}), run({j: 0.0})
+    mass = {k: r.maps[("positive", 0)][:, j].sum().item() for k, r in (("base", base), ("up", up), ("gone", gone))}
+    assert mass["up"] > mass["base"] * 1.2
+    assert mass["gone"] == 0.0
+    # other tokens: renormalised upward in bias mode when j is removed, unchanged in scale mode
+    others = [i for i in range(8) if i != j]
+    b_o = base.maps[("positive", 0)][:, others]
+    g_o = gone.maps[("positive", 0)][:, others]
+    if mode == "bias":
+        assert (g_o.sum() > b_o.sum()).item()
+    else:
+        torch.testing.assert_close(g_o, b_o, atol=1e-6, rtol=0)
+    # the negative prompt's rows are untouched (1 step: same input, so the same maps)
+    torch.testing.assert_close(up.maps[("negative", 0)], base.maps[("negative", 0)], atol=1e-6, rtol=0)
+
+
+def test_reweight_off_ignores_weights(comfy, tiny_dir):
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, "sd3")
+    stock = ksample(comfy, model, pos, neg, latent_node, cfg)["samples"]
+    patched, _ = patch(comfy, model, reweight="off")
+    out = ksample(comfy, patched, with_layout(comfy, pos, {3: 5.0}), neg, latent_node, cfg)["samples"]
+    assert (out - stock).abs().max().item() <= 1e-5
+    patched, _ = patch(comfy, model, reweight="bias", capture=False)
+    out = ksample(comfy, patched, with_layout(comfy, pos, {3: 5.0}), neg, latent_node, cfg)["samples"]
+    assert (out - stock).abs().max().item() > 1e-4
+
+
+def test_blocks_and_step_window(comfy, tiny_dir):
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, "flux")
+    patched, probe = patch(comfy, model, blocks="1")
+    ksample(comfy, patched, pos, neg, latent_node, cfg, steps=4)
+    assert probe.result.blocks == [1]
+    patched, probe = patch(comfy, model, start_percent=0.5, end_percent=1.0)
+    ksample(comfy, patched, pos, neg, latent_node, cfg, steps=4)
+    assert 0 < len(probe.result.active_steps) < 4
+    assert max(probe.result.active_steps) == 3
+
+
+def test_batch_rows_keep_their_own_maps(comfy, tiny_dir):
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, "sd3")
+    patched, probe = patch(comfy, model)
+    ksample(comfy, patched, pos, neg, latent_node, cfg, batch=2)
+    m = probe.result.maps[("positive", 0)]
+    assert m.shape[0] == 2
+    assert (m[0] - m[1]).abs().max() > 1e-4
+    maps = comfy.run("EnfoqueAttentionMaps", probe=probe, latent={"samples": torch.zeros(2, 16, 12, 16)}, words="#1, #2")[0]
+    assert maps.maps.shape == (2, 2, 6, 8) and maps.words == ["#1", "#2"]
+    torch.testing.assert_close(maps.maps[:, 0], m[:, 1])
+
+
+def test_earlier_override_still_runs(comfy, tiny_dir):
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, "sd3")
+    calls = []
+
+    def other(func, *args, **kwargs):
+        calls.append(1)
+        return func(*args, **kwargs)
+
+    m = model.clone()
+    m.model_options["transformer_options"]["optimized_attention_override"] = other
+    plain = ksample(comfy, m, pos, neg, latent_node, cfg)["samples"]
+    n_plain = len(calls)
+    calls.clear()
+    patched, probe = patch(comfy, m)
+    out = ksample(comfy, patched, pos, neg, latent_node, cfg)["samples"]
+    assert len(calls) == n_plain > 0
+    assert (out - plain).abs().max().item() <= 1e-5
+    assert probe.result is not None
+
+
+def test_unsupported_and_bad_inputs(comfy, tiny_dir):
+    model, *_ = family(comfy, tiny_dir, "sd3")
+    with pytest.raises(ValueError, match="EnfoquePatchModel: blocks '7': block 7 is out of range"):
+        patch(comfy, model, blocks="7")
+    with pytest.raises(ValueError, match="start_percent 0.8 must not exceed end_percent 0.2"):
+        patch(comfy, model, start_percent=0.8, end_percent=0.2)
+    with pytest.raises(ValueError, match="cannot read 'x'"):
+        patch(comfy, model, blocks="0,x")
+    _, probe = patch(comfy, model)
+    with pytest.raises(ValueError, match="no finished sampling run"):
+        comfy.run("EnfoqueAttentionMaps", probe=probe, latent={"samples": torch.zeros(1, 16, 8, 8)}, words="")

@@ -1,0 +1,171 @@
+"""EnfoquePatchCLIP, EnfoqueTokenWeights, EnfoqueTextAttentionMaps with ComfyUI's real
+tokenizers and small-config encoders."""
+
+from __future__ import annotations
+
+import pytest
+import tiny_models
+import torch
+
+pytestmark = pytest.mark.host
+
+LONG = ", ".join(["a small red cat sitting on a blue wooden chair in the sunny garden"] * 9)  # ~120 tokens
+
+
+def encode(comfy, clip, text):
+    return comfy.run("CLIPTextEncode", clip=clip, text=text)[0]
+
+
+def patched(comfy, clip, mode="attention", capture=True):
+    return comfy.run("EnfoquePatchCLIP", clip=clip, weight_mode=mode, capture=capture)
+
+
+@pytest.mark.parametrize("factory", [tiny_models.clip_sd3, tiny_models.clip_flux, tiny_models.clip_sdxl],
+                         ids=["sd3", "flux", "sdxl"])
+def test_comfy_mode_and_unit_weights_are_stock(comfy, factory):
+    clip = factory()
+    weighted, plain = "a (red:1.4) cat on a [mat]", "a red cat on a mat"
+    stock_w, stock_p = encode(comfy, clip, weighted), encode(comfy, clip, plain)
+    c_comfy, _ = patched(comfy, clip, "comfy")
+    assert torch.equal(encode(comfy, c_comfy, weighted)[0][0], stock_w[0][0])
+    c_att, _ = patched(comfy, clip, "attention")
+    out = encode(comfy, c_att, plain)
+    assert torch.equal(out[0][0], stock_p[0][0])
+    assert torch.equal(out[0][1]["pooled_output"], stock_p[0][1]["pooled_output"])
+    # the original CLIP still encodes as before once the patched clone has run
+    assert torch.equal(encode(comfy, clip, weighted)[0][0], stock_w[0][0])
+
+
+def test_attention_weight_acts_from_the_word_on(comfy):
+    clip = tiny_models.clip_sd3()
+    c, probe = patched(comfy, clip, "attention")
+    base = encode(comfy, c, "a photo of a cat on a mat")
+    up = encode(comfy, c, "a photo of a (cat:2) on a mat")
+    layout = up[0][1]["enfoque_layout"]
+    cat = layout.spans[layout.words.index("cat")]
+    clip_pos = [p for p in cat if p < 77]
+    assert clip_pos == [5]
+    assert layout.weights == {p: 2.0 for p in cat}
+    diff = (up[0][0] - base[0][0]).abs().amax(-1)[0]
+    # CLIP is causal: nothing before "cat" changes, everything from it on does
+    assert diff[:5].max().item() == 0.0
+    assert (diff[5:9] > 1e-4).all()
+    # the tokens that can see "cat" attend more to it (layer 0 sees the same input in both encodes)
+    maps = {}
+    for name, cond in (("base", base), ("up", up)):
+        rec = probe.records[cond[0][1]["enfoque_text_record"]]
+        maps[name] = rec.maps["l"].layers[0][0]
+    col_b, col_u = maps["base"][:, 5], maps["up"][:, 5]
+    assert (col_u[5:] > col_b[5:]).all()
+    assert torch.equal(col_u[:5], col_b[:5])  # causal: earlier tokens cannot see "cat" (zero either way)
+    assert col_b[:5].abs().max() == 0
+
+
+def _clip_tokens(tok, word):
+    ids = tok.tokenizer(word)["input_ids"]
+    return ids[tok.tokens_start:-1] if tok.end_token is not None else ids[tok.tokens_start:]
+
+
+@pytest.mark.parametrize("text", ["a red cat BREAK a blue dog", LONG, "photograph of an astronaut riding a horse"])
+def test_layout_positions_match_comfy_tokenizers_sd3(comfy, text):
+    clip = tiny_models.clip_sd3()
+    c, _ = patched(comfy, clip)
+    cond = encode(comfy, c, text)
+    layout = cond[0][1]["enfoque_layout"]
+    tokens = clip.tokenize(text)
+    n_clip = 77 * len(tokens["l"])
+    assert cond[0][0].shape[1] == n_clip + sum(len(x) for x in tokens["t5xxl"])
+    flat_l = [t for chunk in tokens["l"] for t, *_ in chunk]
+    flat_t5 = [t for chunk in tokens["t5xxl"] for t, *_ in chunk]
+    words = [w.strip(",") for w in text.split()]
+    assert [w.lower() for w in layout.words] == [w.lower() for w in words]
+    for word, span in zip(words, layout.spans, strict=True):
+        in_clip = [p for p in span if p < n_clip]
+        in_t5 = [p - n_clip for p in span if p >= n_clip]
+        assert [flat_l[p] for p in in_clip] == _clip_tokens(clip.tokenizer.clip_l, word), word
+        assert [flat_t5[p] for p in in_t5] == _clip_tokens(clip.tokenizer.t5xxl, word), word
+    if text == LONG:
+        assert max(layout.spans[-1]) >= n_clip and max(p for s in layout.spans for p in s if p < n_clip) >= 77
+
+
+def test_layout_positions_match_comfy_tokenizers_flux(comfy):
+    clip = tiny_models.clip_flux()
+    c, _ = patched(comfy, clip)
+    text = "a red cat BREAK sitting on a chair"
+    cond = encode(comfy, c, text)
+    layout = cond[0][1]["enfoque_layout"]
+    tokens = clip.tokenize(text)
+    flat = [t for chunk in tokens["t5xxl"] for t, *_ in chunk]
+    assert cond[0][0].shape[1] == len(flat)
+    assert [w.lower() for w in layout.words] == text.lower().split()
+    for word, span in zip(text.split(), layout.spans, strict=True):
+        assert [flat[p] for p in span] == _clip_tokens(clip.tokenizer.t5xxl, word), word
+
+
+def test_empty_prompt_and_escaped_parentheses(comfy):
+    clip = tiny_models.clip_sd3()
+    c, _ = patched(comfy, clip)
+    empty = encode(comfy, c, "")[0][1]["enfoque_layout"]
+    assert empty.words == () and len(empty.special) == empty.context_length
+    nested = encode(comfy, c, r"a ((big:1.2) \(red\) cat:1.5)")[0][1]["enfoque_layout"]
+    assert [w for w in nested.words] == ["a", "big", "red", "cat"]
+    big = nested.spans[1]
+    assert all(abs(nested.weights[p] - 1.2) < 1e-6 for p in big)  # ComfyUI: the inner weight wins
+    assert all(abs(nested.weights[p] - 1.5) < 1e-6 for p in nested.spans[3])
+    assert not any(p in nested.weights for p in nested.spans[0])
+
+
+def test_token_weights_node(comfy):
+    clip = tiny_models.clip_sd3()
+    c, _ = patched(comfy, clip)
+    cond = encode(comfy, c, "a red fur cat")
+    out = comfy.run("EnfoqueTokenWeights", conditioning=cond, weights="cat:1.5, red fur:0.5")[0]
+    lay = out[0][1]["enfoque_layout"]
+    for w, expect in (("cat", 1.5), ("red", 0.5), ("fur", 0.5)):
+        assert {lay.weights[p] for p in lay.spans[lay.words.index(w)]} == {expect}
+    assert cond[0][1]["enfoque_layout"].weights == {}, "the input conditioning was changed"
+    with pytest.raises(ValueError, match="'dog' is not a word of the prompt; its words are: a, red, fur, cat"):
+        comfy.run("EnfoqueTokenWeights", conditioning=cond, weights="dog:2")
+    with pytest.raises(ValueError, match="cannot read 'cat=2'"):
+        comfy.run("EnfoqueTokenWeights", conditioning=cond, weights="cat=2")
+    stock = encode(comfy, clip, "a red cat")
+    with pytest.raises(ValueError, match="put EnfoquePatchCLIP before the text encode"):
+        comfy.run("EnfoqueTokenWeights", conditioning=stock, weights="cat:2")
+
+
+def test_text_attention_maps_node(comfy):
+    c, probe = patched(comfy, tiny_models.clip_sd3())
+    cond = encode(comfy, c, "a red cat")
+    maps, image = comfy.run("EnfoqueTextAttentionMaps", probe=probe, conditioning=cond)
+    assert maps.words == ["a", "red", "cat"] and maps.maps.shape == (1, 3, 1, 3)
+    assert image.shape[0] == 1 and image.shape[-1] == 3
+    rec = probe.records[cond[0][1]["enfoque_text_record"]]
+    ref = torch.stack(rec.maps["l"].layers).mean(0)[0]  # [77, 77]
+    # word x word = mean over sub-tokens; "a red cat" is one CLIP token each at 1, 2, 3
+    torch.testing.assert_close(maps.maps[0, :, 0, :], ref[1:4, 1:4])
+    t5, _ = comfy.run("EnfoqueTextAttentionMaps", probe=probe, conditioning=cond, encoder="t5xxl", layer=0,
+                      level="tokens")
+    assert t5.maps.shape[1] == t5.maps.shape[3] == cond[0][0].shape[1] - 77
+    with pytest.raises(ValueError, match="layer 9 is out of range"):
+        comfy.run("EnfoqueTextAttentionMaps", probe=probe, conditioning=cond, layer=9)
+
+
+def test_sd3_graph_words_and_weights_reach_the_model(comfy, tiny_dir):
+    model = tiny_models.sd3(tiny_dir, name="text_sd3").model
+    c, _ = patched(comfy, tiny_models.clip_sd3())
+    pos = encode(comfy, c, "a red cat on a mat")
+    neg = encode(comfy, c, "")
+    latent = comfy.run("EmptySD3LatentImage", width=128, height=128, batch_size=1)[0]
+
+    def run(cond):
+        m, probe = comfy.run("EnfoquePatchModel", model=model, capture=True, reweight="bias", blocks="0",
+                             start_percent=0.0, end_percent=1.0)
+        out = comfy.run("KSampler", model=m, seed=1, steps=1, cfg=3.0, sampler_name="euler", scheduler="simple",
+                        positive=cond, negative=neg, latent_image=latent, denoise=1.0)[0]
+        return comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="")[0]
+
+    base = run(pos)
+    assert base.words == ["a", "red", "cat", "on", "a", "mat"]
+    up = run(comfy.run("EnfoqueTokenWeights", conditioning=pos, weights="cat:3")[0])
+    i = base.words.index("cat")
+    assert up.maps[:, i].sum() > 1.5 * base.maps[:, i].sum()

@@ -1,0 +1,455 @@
+"""Tiny REAL models for host tests: ComfyUI's own classes, loaders and
+tokenizers, with small configs and seeded random weights (no downloads).
+
+Import this only after the ``comfy`` fixture (or ``host.bootstrap()``) has put
+ComfyUI on ``sys.path`` and parsed its command line.
+
+Diffusion models (each returns ``TinyModel(model=ModelPatcher, path=Path)``,
+the file is a bare-key safetensors as in ``models/diffusion_models``):
+
+==========  =====================================  ================================
+function    architecture                           how it is loaded
+==========  =====================================  ================================
+sd3         MMDiT depth 2 (hidden 64*depth,         ``comfy.sd.load_diffusion_model``
+            heads = depth), context 4096, adm 2048  (ComfyUI's detection: SD3)
+flux        Flux, hidden 64, 2 heads, 1 double +    detected by ComfyUI, then wrapped
+            1 single block, context 4096, vec 768   (``_wrap``): detection hard-codes
+                                                    24 heads / axes [16, 56, 56], so a
+                                                    small model needs those two keys
+                                                    overridden
+sd15_unet   UNetModel, 32 ch, mult [1, 2], depth 1  detected by ComfyUI, wrapped with
+            context 768                             ``supported_models.SD15``: its
+                                                    ``matches`` requires 320 channels
+sdxl_unet   UNetModel, 64 ch, mult [1, 2], depth 1  detected, wrapped with
+            linear, context 2048, adm 2816          ``supported_models.SDXL`` (matching
+                                                    requires 320 ch, depth [0,0,2,2,10,10])
+==========  =====================================  ================================
+
+``_wrap`` repeats the tail of ``comfy.sd.load_diffusion_model_state_dict``
+(pick dtype, ``model_config.get_model``, ``load_model_weights``,
+``ModelPatcher``) with ComfyUI's own functions.
+
+Text encoders (``comfy.sd.CLIP`` built from ComfyUI's clip targets; small
+sizes go through the official per-encoder override
+``model_options["<model_name>_model_config"]`` that ``SDClipModel`` reads):
+CLIP-L 3 layers (width 768), CLIP-G 3 layers (width 1280), T5 1 layer with
+d_model 4096 (needed: SD3 concatenates T5 with CLIP padded to 4096), 2 heads of
+32, d_ff 64. Tokenizers are ComfyUI's bundled files. Conditioning shapes from
+``CLIPTextEncode`` of a short prompt:
+
+==========  =========================  ===========  =============================
+function    cond                       pooled       encoders
+==========  =========================  ===========  =============================
+clip_sd3    [1, 77 + 77, 4096]         [1, 2048]    L 768 | G 1280 | pad, ++ T5
+clip_flux   [1, 256, 4096]             [1, 768]     T5 (min 256 tokens), pooled L
+clip_sd15   [1, 77, 768]               [1, 768]     L
+clip_sdxl   [1, 77, 2048]              [1, 1280]    L 768 | G 1280, pooled G
+==========  =========================  ===========  =============================
+
+The CLIP objects are cached per argument set (building T5's 32128 x 4096
+embedding costs about a second): clone them (``clip.clone()``) before
+patching, as the pack does; ``cache=False`` gives a private copy.
+
+``clip_l_full_file`` writes a full-size CLIP-L (12 layers): ComfyUI's stock
+``CLIPLoader`` builds the text encoder from a fixed config, so only a full
+CLIP-L file loads through it (``type="sd3"`` gives SD3 conditioning with zeros
+for G and no T5). Small CLIP-G / T5 files cannot go through the stock loaders
+(detection needs layer 30 of CLIP-G and block 23 of T5-XXL).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+SEED = 0
+
+# Small text-encoder configs, passed as model_options["<model_name>_model_config"].
+CLIP_L_SMALL = {"num_hidden_layers": 3, "intermediate_size": 256}
+CLIP_G_SMALL = {"num_hidden_layers": 3, "intermediate_size": 256}
+T5_SMALL = {"num_layers": 1, "num_heads": 2, "d_kv": 32, "d_ff": 64}
+
+
+class TinyModel(NamedTuple):
+    model: Any  # comfy.model_patcher.ModelPatcher
+    path: Path  # the safetensors file the model was loaded from
+
+
+# --------------------------------------------------------------------------- weights
+
+
+@torch.no_grad()
+def randomize_(module: torch.nn.Module, seed: int = SEED) -> torch.nn.Module:
+    """Fill every floating tensor of ``module``'s state dict (parameters and
+    persistent buffers: ComfyUI allocates both with ``torch.empty``) in place,
+    deterministically.
+
+    Matrices/embeddings: uniform with std 1/sqrt(fan_in) (variance preserving,
+    so random deep nets stay finite); 1-D ``weight``/``scale`` (norms): ones;
+    other 1-D (biases): uniform std 0.02; 0-d: left alone. Vocabulary tables
+    (more than 1024 rows) are filled by ``_table_``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for name, p in module.state_dict(keep_vars=True).items():
+        if not p.is_floating_point() or p.ndim == 0:
+            continue
+        if p.ndim == 1:
+            if name.endswith(("weight", "scale")):
+                p.fill_(1.0)
+            else:
+                _uniform_(p, 0.02, g)
+        elif p.ndim == 2 and p.shape[0] > 4 * _TABLE:
+            _table_(p, g)
+        else:
+            fan_in = math.prod(p.shape[1:])
+            _uniform_(p, 1.0 / math.sqrt(fan_in), g)
+    return module
+
+
+_TABLE = 256
+
+
+def _table_(p: torch.Tensor, g: torch.Generator) -> None:
+    """Large embedding tables (vocabularies of 32k-49k rows): row i is
+    (a[i % 256] + b[i // 256]) / sqrt(2) with a, b uniform of std 1/sqrt(dim),
+    distinct for every row and several times cheaper than filling every entry."""
+    rows, dim = p.shape
+    std = 1.0 / math.sqrt(dim)
+    a = torch.empty(_TABLE, dim, dtype=p.dtype)
+    b = torch.empty(-(-rows // _TABLE), dim, dtype=p.dtype)
+    _uniform_(a, std / math.sqrt(2.0), g)
+    _uniform_(b, std / math.sqrt(2.0), g)
+    a, b = a.to(p.device), b.to(p.device)
+    for i in range(b.shape[0]):
+        block = p[i * _TABLE : (i + 1) * _TABLE]
+        torch.add(a[: block.shape[0]], b[i], out=block)
+
+
+def _uniform_(p: torch.Tensor, std: float, g: torch.Generator) -> None:
+    bound = std * math.sqrt(3.0)
+    if p.device.type == "cpu":
+        p.uniform_(-bound, bound, generator=g)
+    else:  # generator lives on the CPU
+        p.copy_(torch.empty(p.shape, dtype=p.dtype).uniform_(-bound, bound, generator=g))
+
+
+def _save(net: torch.nn.Module, path: Path) -> Path:
+    import safetensors.torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+    safetensors.torch.save_file(sd, str(path))
+    return path
+
+
+def _build_net(model_config, seed: int) -> torch.nn.Module:
+    """The diffusion network exactly as ComfyUI builds it for this config, randomised."""
+    model_config.set_inference_dtype(torch.float32, None)
+    base = model_config.get_model({}, "", device=torch.device("cpu"))
+    return randomize_(base.diffusion_model, seed)
+
+
+def _wrap(model_config, sd: dict):
+    """Tail of comfy.sd.load_diffusion_model_state_dict, for a config ComfyUI's
+    matching would not pick for a small model."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.utils
+
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    unet_dtype = mm.unet_dtype(
+        model_params=comfy.utils.calculate_parameters(sd),
+        supported_dtypes=list(model_config.supported_inference_dtypes),
+        weight_dtype=comfy.utils.weight_dtype(sd),
+    )
+    manual_cast = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(unet_dtype, manual_cast)
+    model = model_config.get_model(sd, "")
+    model = model.to(offload_device)
+    model.load_model_weights(sd, "")
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+
+def _detect(sd: dict) -> dict:
+    import comfy.model_detection
+
+    cfg = comfy.model_detection.detect_unet_config(sd, "")
+    if cfg is None:
+        raise RuntimeError("ComfyUI's detection did not recognise the tiny model")
+    return cfg
+
+
+def _load_file(path: Path) -> dict:
+    import comfy.utils
+
+    return comfy.utils.load_torch_file(str(path), safe_load=True)
+
+
+# --------------------------------------------------------------------------- diffusion models
+
+
+def sd3_config(depth: int = 2, x_block_self_attn_layers=()) -> dict:
+    """MMDiT kwargs in the form ComfyUI's detection produces for SD3/SD3.5."""
+    hidden = 64 * depth
+    return {
+        "in_channels": 16,
+        "patch_size": 2,
+        "out_channels": 16,
+        "depth": depth,
+        "input_size": None,
+        "adm_in_channels": 2048,
+        "context_embedder_config": {
+            "target": "torch.nn.Linear",
+            "params": {"in_features": 4096, "out_features": hidden},
+        },
+        "num_patches": 1024,
+        "pos_embed_max_size": 32,
+        "qk_norm": "rms",
+        "pos_embed_scaling_factor": None,
+        "x_block_self_attn_layers": list(x_block_self_attn_layers),
+    }
+
+
+def _sd3_net(cfg: dict, seed: int) -> torch.nn.Module:
+    import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
+    import comfy.supported_models
+
+    net = _build_net(comfy.supported_models.SD3(cfg), seed)
+    # the fixed 2-D sin-cos table real SD3 checkpoints carry in the `pos_embed` buffer
+    side = cfg["pos_embed_max_size"]
+    table = mmdit.get_2d_sincos_pos_embed(net.pos_embed.shape[-1], side)
+    with torch.no_grad():
+        net.pos_embed.copy_(torch.from_numpy(table).reshape(net.pos_embed.shape))
+    return net
+
+
+def sd3(
+    tmp_dir, depth: int = 2, x_block_self_attn_layers=(), seed: int = SEED, name: str = "tiny_sd3"
+) -> TinyModel:
+    """Tiny SD3 (or SD3.5 with ``x_block_self_attn_layers``, e.g. ``(0,)``),
+    saved and loaded by ``comfy.sd.load_diffusion_model``. Hidden 64*depth,
+    ``depth`` heads of 64; text context 4096 -> hidden; latent 16 channels."""
+    import comfy.sd
+
+    net = _sd3_net(sd3_config(depth, x_block_self_attn_layers), seed)
+    path = _save(net, Path(tmp_dir) / f"{name}.safetensors")
+    model = comfy.sd.load_diffusion_model(str(path))
+    return TinyModel(model, path)
+
+
+def flux_config(
+    guidance_embed: bool = True,
+    hidden_size: int = 64,
+    num_heads: int = 2,
+    depth: int = 1,
+    depth_single_blocks: int = 1,
+) -> dict:
+    head = hidden_size // num_heads
+    # rope dims over (index, h, w) as the full model's [16, 56, 56] for heads of 128; all even
+    t = max(2, head // 8 // 2 * 2)
+    r = (head - t) // 2 // 2 * 2
+    axes = [t, r, head - t - r]
+    return {
+        "image_model": "flux",
+        "in_channels": 16,
+        "out_channels": 16,
+        "patch_size": 2,
+        "vec_in_dim": 768,
+        "context_in_dim": 4096,
+        "hidden_size": hidden_size,
+        "mlp_ratio": 4.0,
+        "num_heads": num_heads,
+        "depth": depth,
+        "depth_single_blocks": depth_single_blocks,
+        "axes_dim": axes,
+        "theta": 10000,
+        "qkv_bias": True,
+        "guidance_embed": guidance_embed,
+        "txt_ids_dims": [],
+        "yak_mlp": False,
+        "txt_norm": False,
+    }
+
+
+def flux(
+    tmp_dir,
+    guidance_embed: bool = True,
+    hidden_size: int = 64,
+    num_heads: int = 2,
+    depth: int = 1,
+    depth_single_blocks: int = 1,
+    seed: int = SEED,
+    name: str = "tiny_flux",
+) -> TinyModel:
+    """Tiny Flux: dev-like (``guidance_embed=True``, ``supported_models.Flux``) or
+    schnell-like (False, ``FluxSchnell``). Detected by ComfyUI from the file,
+    with ``num_heads``/``axes_dim`` overridden (detection hard-codes the full
+    model's 24 heads), matched by ComfyUI and wrapped by ``_wrap``."""
+    import comfy.model_detection
+    import comfy.supported_models
+
+    cfg = flux_config(guidance_embed, hidden_size, num_heads, depth, depth_single_blocks)
+    cls = comfy.supported_models.Flux if guidance_embed else comfy.supported_models.FluxSchnell
+    net = _build_net(cls(cfg), seed)
+    path = _save(net, Path(tmp_dir) / f"{name}.safetensors")
+    sd = _load_file(path)
+    detected = _detect(sd)
+    detected.update(num_heads=cfg["num_heads"], axes_dim=cfg["axes_dim"])
+    model_config = comfy.model_detection.model_config_from_unet_config(detected, sd)
+    if model_config is None:
+        raise RuntimeError(f"ComfyUI matched no model for the tiny Flux config {detected}")
+    return TinyModel(_wrap(model_config, sd), path)
+
+
+def _unet_config(model_channels: int, context_dim: int, adm_in_channels, use_linear: bool) -> dict:
+    return {
+        "use_checkpoint": False,
+        "image_size": 32,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "num_classes": "sequential" if adm_in_channels else None,
+        "adm_in_channels": adm_in_channels,
+        "in_channels": 4,
+        "out_channels": 4,
+        "model_channels": model_channels,
+        "num_res_blocks": [1, 1],
+        "transformer_depth": [1, 1],
+        "transformer_depth_output": [1, 1, 1, 1],
+        "channel_mult": [1, 2],
+        "transformer_depth_middle": 1,
+        "use_linear_in_transformer": use_linear,
+        "context_dim": context_dim,
+        "use_temporal_resblock": False,
+        "use_temporal_attention": False,
+    }
+
+
+def _unet(cls, cfg: dict, tmp_dir, name: str, seed: int) -> TinyModel:
+    net = _build_net(cls(cfg), seed)
+    path = _save(net, Path(tmp_dir) / f"{name}.safetensors")
+    sd = _load_file(path)
+    detected = _detect(sd)
+    return TinyModel(_wrap(cls(detected), sd), path)
+
+
+def sd15_unet(tmp_dir, model_channels: int = 32, seed: int = SEED, name: str = "tiny_sd15") -> TinyModel:
+    """Tiny SD1.5 UNet (eps, 4-channel latent, context 768, 8 heads as SD1.5):
+    detected by ComfyUI from the file, wrapped with ``supported_models.SD15``."""
+    import comfy.supported_models
+
+    cfg = _unet_config(model_channels, 768, None, False)
+    return _unet(comfy.supported_models.SD15, cfg, tmp_dir, name, seed)
+
+
+def sdxl_unet(tmp_dir, model_channels: int = 64, seed: int = SEED, name: str = "tiny_sdxl") -> TinyModel:
+    """Tiny SDXL UNet (context 2048, adm 2816 = pooled 1280 + size embeddings,
+    heads of 64 as SDXL): detected, wrapped with ``supported_models.SDXL``."""
+    import comfy.supported_models
+
+    cfg = _unet_config(model_channels, 2048, 2816, True)
+    return _unet(comfy.supported_models.SDXL, cfg, tmp_dir, name, seed)
+
+
+# --------------------------------------------------------------------------- text encoders
+
+_CLIP_CACHE: dict = {}
+
+SMALL_TE_OPTIONS = {
+    "clip_l_model_config": CLIP_L_SMALL,
+    "clip_g_model_config": CLIP_G_SMALL,
+    "t5xxl_model_config": T5_SMALL,
+}
+
+
+def clear_cache() -> None:
+    """Drop the cached CLIP objects."""
+    _CLIP_CACHE.clear()
+
+
+def _clip(key, tokenizer, te_class, seed: int, cache: bool, model_options=None):
+    import comfy.sd
+    import comfy.supported_models_base
+
+    key = (key, seed)
+    if cache and key in _CLIP_CACHE:
+        return _CLIP_CACHE[key]
+    target = comfy.supported_models_base.ClipTarget(tokenizer, te_class)
+    options = dict(SMALL_TE_OPTIONS)
+    options.update(model_options or {})
+    clip = comfy.sd.CLIP(target=target, model_options=options)
+    randomize_(clip.cond_stage_model, seed)
+    if cache:
+        _CLIP_CACHE[key] = clip
+    return clip
+
+
+def clip_sd3(
+    clip_l: bool = True,
+    clip_g: bool = True,
+    t5: bool = True,
+    seed: int = SEED,
+    t5_attention_mask: bool = False,
+    cache: bool = True,
+):
+    """SD3 text encoder (``sd3_clip.SD3ClipModel`` + ``SD3Tokenizer``): cond
+    [1, 77 + T5 tokens (>= 77), 4096], pooled [1, 2048] (L 768 ++ G 1280)."""
+    import comfy.text_encoders.sd3_clip as sd3_clip
+
+    te = sd3_clip.sd3_clip(clip_l=clip_l, clip_g=clip_g, t5=t5, t5_attention_mask=t5_attention_mask)
+    return _clip(("sd3", clip_l, clip_g, t5, t5_attention_mask), sd3_clip.SD3Tokenizer, te, seed, cache)
+
+
+def clip_flux(seed: int = SEED, cache: bool = True):
+    """Flux text encoder (``flux.FluxClipModel`` + ``FluxTokenizer``): cond
+    [1, 256, 4096] (T5, padded to at least 256 tokens), pooled [1, 768] (CLIP-L)."""
+    import comfy.text_encoders.flux as flux_te
+
+    return _clip(("flux",), flux_te.FluxTokenizer, flux_te.flux_clip(), seed, cache)
+
+
+def clip_sd15(seed: int = SEED, cache: bool = True):
+    """SD1.5 text encoder (``sd1_clip.SD1ClipModel`` + ``SD1Tokenizer``): cond
+    [1, 77, 768], pooled [1, 768]."""
+    import comfy.sd1_clip
+
+    return _clip(("sd15",), comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel, seed, cache)
+
+
+def clip_sdxl(seed: int = SEED, cache: bool = True):
+    """SDXL text encoder (``sdxl_clip.SDXLClipModel`` + ``SDXLTokenizer``): cond
+    [1, 77, 2048] (L 768 ++ G 1280), pooled [1, 1280] (G)."""
+    import comfy.sdxl_clip
+
+    return _clip(("sdxl",), comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel, seed, cache)
+
+
+def clip_l_full_file(path, seed: int = SEED, dtype=torch.float16) -> Path:
+    """Write a full-size CLIP-L (ComfyUI's ``sd1_clip_config.json``, random
+    weights) with the keys stock ``CLIPLoader`` reads (``text_model.*``)."""
+    import comfy.ops
+    import comfy.sd1_clip
+
+    te = comfy.sd1_clip.SDClipModel(dtype=dtype, model_options={"custom_operations": comfy.ops.manual_cast})
+    randomize_(te.transformer, seed)
+    return _save(te.transformer, Path(path))
+
+
+def write_models(models_dir, seed: int = SEED) -> dict:
+    """Populate a ComfyUI ``models/`` folder for a live server:
+    ``diffusion_models/tiny_sd3.safetensors`` (UNETLoader) and
+    ``text_encoders/tiny_clip_l.safetensors`` (CLIPLoader, type sd3 or
+    stable_diffusion). Returns {name: path}."""
+    models_dir = Path(models_dir)
+    net = _sd3_net(sd3_config(), seed)
+    out = {
+        "tiny_sd3.safetensors": _save(net, models_dir / "diffusion_models" / "tiny_sd3.safetensors"),
+        "tiny_clip_l.safetensors": clip_l_full_file(
+            models_dir / "text_encoders" / "tiny_clip_l.safetensors", seed
+        ),
+    }
+    return out
