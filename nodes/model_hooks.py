@@ -135,7 +135,30 @@ class ModelProbe(Shared):
         self.runs = 0
 
     # -- run lifecycle -------------------------------------------------------
-    def begin_run(self, conds: dict[str, list[dict]], model_sampling: Any) -> None:
+    def grid_for(self, h: int, w: int) -> tuple[int, int]:
+        """The common map grid for a latent of h x w: the latent itself (UNet) or its patches (DiT)."""
+        if self.family == "unet":
+            return (h, w)
+        return (math.ceil(h / self.patch_size), math.ceil(w / self.patch_size))
+
+    def check_budget(self, routes: dict[Any, Route], latent_shape: tuple[int, ...], steps: int) -> None:
+        """Refuse, before sampling starts, a capture whose running sums would not fit the budget."""
+        cfg = self.config
+        if not cfg.capture:
+            return
+        gh, gw = self.grid_for(latent_shape[-2], latent_shape[-1])
+        tokens = sum(len(r.columns) for r in routes.values() if r.role == "positive" or cfg.capture_negative)
+        need = latent_shape[0] * tokens * gh * gw * 4 * (1 + (steps if cfg.keep_steps else 0))
+        budget = cfg.budget_mb * 2**20
+        if need > budget:
+            raise ValueError(
+                f"EnfoquePatchModel: capturing {tokens} tokens for {latent_shape[0]} image(s) on a {gh}x{gw} grid "
+                f"needs {need / 2**20:.0f} MB, over the budget of {cfg.budget_mb:.0f} MB; raise budget_mb, "
+                "capture fewer words (capture_words) or use a smaller batch"
+            )
+
+    def begin_run(self, conds: dict[str, list[dict]], model_sampling: Any, latent_shape: tuple[int, ...] = (),
+                  steps: int = 0) -> None:
         routes: dict[Any, Route] = {}
         for role in ("positive", "negative"):
             for i, c in enumerate(conds.get(role) or []):
@@ -144,6 +167,8 @@ class ModelProbe(Shared):
                     continue
                 layout = c.get(LAYOUT_KEY) or TokenLayout.positional(int(cross.shape[1]))
                 routes[c["uuid"]] = Route(role, i, layout, self._columns(layout))
+        if latent_shape:
+            self.check_budget(routes, latent_shape, steps)
         cfg = self.config
         hi = model_sampling.percent_to_sigma(cfg.start_percent)
         lo = model_sampling.percent_to_sigma(cfg.end_percent)
@@ -190,11 +215,7 @@ class ModelProbe(Shared):
         active = run.sigma_lo <= s <= run.sigma_hi
         if active:
             run.active_steps.add(run.step)
-        h, w = x.shape[-2], x.shape[-1]
-        if self.family == "unet":
-            grid = (h, w)
-        else:
-            grid = (math.ceil(h / self.patch_size), math.ceil(w / self.patch_size))
+        grid = self.grid_for(x.shape[-2], x.shape[-1])
         if run.acc is None:
             cfg = self.config
             run.acc = MapAccumulator(grid, keep_steps=cfg.keep_steps, budget_bytes=int(cfg.budget_mb * 2**20))
@@ -274,7 +295,10 @@ class OuterSampleWrapper(Shared):
     def __call__(self, executor, *args, **kwargs):
         guider = executor.class_obj
         sampling = guider.model_patcher.get_model_object("model_sampling")
-        self.probe.begin_run(guider.conds, sampling)
+        noise = args[0] if args else kwargs["noise"]
+        sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
+        steps = max(int(sigmas.shape[-1]) - 1, 0) if sigmas is not None else 0
+        self.probe.begin_run(guider.conds, sampling, tuple(noise.shape), steps)
         ok = False
         try:
             out = executor(*args, **kwargs)

@@ -247,3 +247,11 @@ def test_unsupported_and_bad_inputs(comfy, tiny_dir):
     _, probe = patch(comfy, model)
     with pytest.raises(ValueError, match="no finished sampling run"):
         comfy.run("EnfoqueAttentionMaps", probe=probe, latent={"samples": torch.zeros(1, 16, 8, 8)}, words="")
+
+
+def test_budget_refused_before_sampling(comfy, tiny_dir):
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, "sd3")
+    patched, probe = patch(comfy, model, budget_mb=1.0)
+    with pytest.raises(ValueError, match=r"needs 2 MB, over the budget of 1 MB; raise budget_mb"):
+        ksample(comfy, patched, pos, neg, latent_node, cfg, width=1024, height=1024)
+    assert probe.run is None and probe.result is None
