@@ -31,11 +31,15 @@ def child(config: str, depth: int, steps: int, size: int, backend: str) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     import host  # the test harness' bootstrap: ComfyUI on sys.path with its command line set
 
-    extra = ["--use-pytorch-cross-attention"] if backend == "pytorch" else []
     comfy_path = host.find_comfyui()
     if comfy_path is None:
         raise SystemExit(host.NO_HOST_REASON)
-    host.bootstrap(comfy_path, extra_args=extra)
+    sys.path.insert(0, str(comfy_path))
+    sys.argv = [sys.argv[0], "--cpu"] + (["--use-pytorch-cross-attention"] if backend == "pytorch" else [])
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import comfy.cli_args  # noqa: F401  (parses the command line set above)
     work = Path(tempfile.mkdtemp(prefix="enfoque-bench-"))
     h = host.load_host(comfy_path, work)
     import tiny_models
