@@ -52,6 +52,21 @@ class EncodeState:
     weights: dict[str, torch.Tensor]  # per encoder: [chunks, T] weights for the keys
     capture: bool
     maps: dict[str, EncoderMaps] = field(default_factory=dict)
+    reweights: dict[tuple, Reweight | None] = field(default_factory=dict)
+
+    def reweight(self, key: str, rows: int, length: int, device: torch.device) -> Reweight | None:
+        """Built once per encoder and batch shape, not per layer."""
+        cache_key = (key, rows, length, device)
+        if cache_key not in self.reweights:
+            w = self.weights.get(key)
+            rw = None
+            if w is not None and w.shape[1] == length:
+                full = torch.ones(rows, length)
+                n = min(rows, w.shape[0])
+                full[:n] = w[:n]
+                rw = Reweight.build(full.to(device), "bias")
+            self.reweights[cache_key] = rw
+        return self.reweights[cache_key]
 
 
 class ClipProbe(Shared):
@@ -117,6 +132,11 @@ class EncodeTokenWeights(Shared):
         if probe.weight_mode in ("attention", "both"):
             for s in streams:
                 w = torch.tensor([[float(it[1]) for it in c] for c in s.chunks], dtype=torch.float32)
+                if bool((w < 0).any()):
+                    raise ValueError(
+                        f"EnfoquePatchCLIP: the prompt weight {float(w.min()):g} is negative, which attention cannot "
+                        "apply (it biases by log w); use weights >= 0 (0 removes a word) or weight_mode 'comfy'"
+                    )
                 if bool((w != 1.0).any()):
                     weights[s.key] = w
         pairs = token_weight_pairs
@@ -165,13 +185,7 @@ class AttentionForward(Shared):
     def _wrap(self, func, state: EncodeState):
         def attention(q, k, v, heads, mask=None, **kw):
             rows = q.shape[0]
-            reweight = None
-            w = state.weights.get(self.key)
-            if w is not None and w.shape[1] == k.shape[1]:
-                full = torch.ones(rows, k.shape[1])
-                n = min(rows, w.shape[0])
-                full[:n] = w[:n]
-                reweight = Reweight.build(full.to(q.device), "bias")
+            reweight = state.reweight(self.key, rows, k.shape[1], q.device)
             caps = [Capture(slice(0, rows), torch.arange(k.shape[1], device=q.device))] if state.capture else []
 
             def compute_out(q_, k_, v_, m_):
@@ -192,7 +206,8 @@ def install(clip, weight_mode: str, capture: bool):
     c = clip.clone()
     probe = ClipProbe(weight_mode, capture)
     csm = c.cond_stage_model
-    original = c.patcher.object_patches.get("encode_token_weights") or csm.encode_token_weights
+    # the patcher's view, not the live module: another clone's patches may still be applied to it
+    original = c.patcher.get_model_object("encode_token_weights")
     c.patcher.add_object_patch("encode_token_weights", EncodeTokenWeights(probe, original, c.tokenizer))
     found = 0
     for key, attr in ENCODERS:

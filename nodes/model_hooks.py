@@ -141,6 +141,20 @@ class ModelProbe(Shared):
             return (h, w)
         return (math.ceil(h / self.patch_size), math.ceil(w / self.patch_size))
 
+    def check_weights(self, routes: dict[Any, Route]) -> None:
+        """Weights bias mode cannot apply are refused before sampling, naming the word."""
+        if self.config.reweight != "bias":
+            return
+        for r in routes.values():
+            for pos, w in r.layout.weights.items():
+                if w < 0 or w != w:
+                    word = next((wd for wd, sp in zip(r.layout.words, r.layout.spans, strict=True) if pos in sp),
+                                f"#{pos}")
+                    raise ValueError(
+                        f"EnfoquePatchModel: the {r.role} prompt gives {word!r} the weight {w:g}; bias mode needs "
+                        "weights >= 0 (0 removes a word). Change the weight or use reweight 'scale' or 'off'"
+                    )
+
     def check_budget(self, routes: dict[Any, Route], latent_shape: tuple[int, ...], steps: int) -> None:
         """Refuse, before sampling starts, a capture whose running sums would not fit the budget."""
         cfg = self.config
@@ -167,6 +181,7 @@ class ModelProbe(Shared):
                     continue
                 layout = c.get(LAYOUT_KEY) or TokenLayout.positional(int(cross.shape[1]))
                 routes[c["uuid"]] = Route(role, i, layout, self._columns(layout))
+        self.check_weights(routes)
         if latent_shape:
             self.check_budget(routes, latent_shape, steps)
         cfg = self.config

@@ -20,6 +20,13 @@ FAMILIES = {
 _models: dict = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_models():
+    """Models built here are shared by this module's tests and dropped after them."""
+    yield
+    _models.clear()
+
+
 def family(comfy, tiny_dir, name):
     if name not in _models:
         make_model, make_clip, latent_node, cfg = FAMILIES[name]

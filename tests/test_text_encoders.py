@@ -169,3 +169,20 @@ def test_sd3_graph_words_and_weights_reach_the_model(comfy, tiny_dir):
     up = run(comfy.run("EnfoqueTokenWeights", conditioning=pos, weights="cat:3")[0])
     i = base.words.index("cat")
     assert up.maps[:, i].sum() > 1.5 * base.maps[:, i].sum()
+
+
+def test_negative_prompt_weights_are_refused_where_attention_cannot_apply_them(comfy, tiny_dir):
+    clip = tiny_models.clip_sd3()
+    c_att, _ = patched(comfy, clip, "attention")
+    with pytest.raises(ValueError, match="EnfoquePatchCLIP: the prompt weight -0.5 is negative"):
+        encode(comfy, c_att, "a (cat:-0.5)")
+    c_comfy, _ = patched(comfy, clip, "comfy")
+    cond = encode(comfy, c_comfy, "a (cat:-0.5)")  # ComfyUI's own interpolation takes it
+    model = tiny_models.sd3(tiny_dir, name="neg_sd3").model
+    m, probe = comfy.run("EnfoquePatchModel", model=model, capture=True, reweight="bias", blocks="all",
+                         start_percent=0.0, end_percent=1.0)
+    latent = comfy.run("EmptySD3LatentImage", width=64, height=64, batch_size=1)[0]
+    with pytest.raises(ValueError, match="EnfoquePatchModel: the positive prompt gives 'cat' the weight -0.5"):
+        comfy.run("KSampler", model=m, seed=1, steps=1, cfg=1.0, sampler_name="euler", scheduler="simple",
+                  positive=cond, negative=cond, latent_image=latent, denoise=1.0)
+    assert probe.run is None
