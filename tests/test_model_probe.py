@@ -262,3 +262,24 @@ def test_budget_refused_before_sampling(comfy, tiny_dir):
     with pytest.raises(ValueError, match=r"needs 2 MB, over the budget of 1 MB; raise budget_mb"):
         ksample(comfy, patched, pos, neg, latent_node, cfg, width=1024, height=1024)
     assert probe.run is None and probe.result is None
+
+
+def test_several_conds_route_by_uuid(comfy, tiny_dir):
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, "sd3")
+    clip = tiny_models.clip_sd3()
+    other = comfy.run("CLIPTextEncode", clip=clip, text="a green dog")[0]
+    both = comfy.run("ConditioningCombine", conditioning_1=pos, conditioning_2=other)[0]
+    patched, probe = patch(comfy, model, blocks="0")
+    out = ksample(comfy, patched, both, neg, latent_node, cfg, steps=1)
+    assert set(probe.result.maps) == {("positive", 0), ("positive", 1)}
+    a, b = probe.result.maps[("positive", 0)], probe.result.maps[("positive", 1)]
+    assert (a - b).abs().max() > 1e-4, "two prompts, one map"
+    # each prompt alone at block 0, step 1 sees the same input: its maps must equal the combined run's
+    for cond, expect in ((pos, a), (other, b)):
+        p2, probe2 = patch(comfy, model, blocks="0")
+        ksample(comfy, p2, cond, neg, latent_node, cfg, steps=1)
+        torch.testing.assert_close(probe2.result.maps[("positive", 0)], expect, atol=1e-6, rtol=0)
+    maps = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="#3", cond_index=1)[0]
+    torch.testing.assert_close(maps.maps[:, 0], b[:, 3])
+    with pytest.raises(ValueError, match="no maps for the positive conditioning #2"):
+        comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="", cond_index=2)
