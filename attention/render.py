@@ -24,6 +24,7 @@ from .maps import AttentionMaps, normalise, resize, share_of_text
 _MIN_SHORT_SIDE = 256  # heatmaps without an image are upscaled to at least this
 _MAX_LONG_SIDE = 1024  # ... unless that would make the long side larger than this
 _GAP = 4
+_MAX_CANVAS_PIXELS = 128 * 2**20  # one panel picture; beyond this a prompt of thousands of words would take GBs
 _BACKGROUND = (17, 17, 17)
 _CAPTION_BG = (0, 0, 0)
 _CAPTION_FG = (255, 255, 255)
@@ -168,6 +169,12 @@ def heatmap_panels(
     cell_w, cell_h = pw, ph + cap_h
     canvas_w = columns * cell_w + (columns - 1) * _GAP
     canvas_h = rows * cell_h + (rows - 1) * _GAP
+    if canvas_w * canvas_h > _MAX_CANVAS_PIXELS:
+        raise ValueError(
+            f"heatmap_panels: {n} panels of {pw}x{ph} px make a {canvas_w}x{canvas_h} picture, over the "
+            f"{_MAX_CANVAS_PIXELS // 2**20} megapixel limit; draw fewer words (EnfoqueAttentionMaps' 'words' input "
+            "picks them) or a smaller image."
+        )
 
     out = np.empty((batch, canvas_h, canvas_w, 3), dtype=np.uint8)
     for b in range(batch):

@@ -8,6 +8,7 @@ they belong to.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 
@@ -76,6 +77,19 @@ class TokenLayout:
         return replace(self, weights=merged)
 
 
+def brief(text: object, limit: int = 80) -> str:
+    """User text as quoted in an error message: at most ``limit`` characters."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown_words(words, limit: int = 60) -> str:
+    """A prompt's words for an error message: the first ``limit``, then how many more."""
+    words = list(words)
+    more = f" ... ({len(words) - limit} more)" if len(words) > limit else ""
+    return ", ".join(brief(w, 40) for w in words[:limit]) + more
+
+
 def normalise_word(w: str) -> str:
     return w.strip().lower()
 
@@ -96,16 +110,16 @@ def parse_blocks(spec: str, total: int, node: str = "EnfoquePatchModel") -> froz
         m = _BLOCKS_RE.match(part)
         if not m:
             raise ValueError(
-                f"{node}: blocks {spec!r}: cannot read {part.strip()!r}; "
+                f"{node}: blocks {brief(spec)!r}: cannot read {brief(part.strip())!r}; "
                 "write 'all', a range like '8-16' or a list like '0,3,5'"
             )
         a = int(m.group(1))
         b = int(m.group(2)) if m.group(2) is not None else a
         if b < a:
-            raise ValueError(f"{node}: blocks {spec!r}: range {a}-{b} runs backwards; write {b}-{a}")
+            raise ValueError(f"{node}: blocks {brief(spec)!r}: range {a}-{b} runs backwards; write {b}-{a}")
         if b >= total:
             raise ValueError(
-                f"{node}: blocks {spec!r}: block {b} is out of range; this model has {total} blocks (0-{total - 1})"
+                f"{node}: blocks {brief(spec)!r}: block {b} is out of range; this model has {total} blocks (0-{total - 1})"
             )
         out.update(range(a, b + 1))
     return frozenset(out)
@@ -123,12 +137,14 @@ def parse_word_weights(text: str, node: str = "EnfoqueTokenWeights") -> list[tup
         m = _WEIGHT_RE.match(frag)
         if not m:
             raise ValueError(
-                f"{node}: cannot read {frag.strip()!r}; write word:weight pairs separated by commas, "
+                f"{node}: cannot read {brief(frag.strip())!r}; write word:weight pairs separated by commas, "
                 "e.g. 'cat:1.5, red fur:0.5'"
             )
         w = float(m.group(2))
+        if not math.isfinite(w):
+            raise ValueError(f"{node}: weight {brief(m.group(2))!r} for {brief(m.group(1))!r} is too large; use a weight such as 1.5")
         if w < 0:
-            raise ValueError(f"{node}: weight {w:g} for {m.group(1)!r} is negative; use 0 to remove a word")
+            raise ValueError(f"{node}: weight {w:g} for {brief(m.group(1))!r} is negative; use 0 to remove a word")
         out.append((m.group(1), w))
     return out
 
@@ -233,16 +249,64 @@ def _words(stream: Stream) -> list[_Word]:
     return out
 
 
-def _align(primary: list[str], other: list[str]) -> dict[int, int]:
-    """Index map other -> primary for words that agree (case-insensitive), in order."""
-    import difflib
+_DIFFLIB_MAX_CELLS = 250_000  # difflib is quadratic (worse on repetitive text): short prompts only
+_LOOKAHEAD = 24
 
+
+def _align(primary: list[str], other: list[str]) -> dict[int, int]:
+    """Index map other -> primary for words that agree (case-insensitive), in order.
+
+    Identical word lists map one to one; short ones go through difflib; long ones
+    (thousands of words) through a linear walk that re-synchronises within a few words,
+    which is all two tokenisations of the same text need.
+    """
     a = [w.lower() for w in primary]
     b = [w.lower() for w in other]
+    if a == b:
+        return {i: i for i in range(len(b))}
+    if len(a) * len(b) > _DIFFLIB_MAX_CELLS:
+        return _align_walk(a, b)
+    import difflib
+
     out: dict[int, int] = {}
     for block in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks():
         for k in range(block.size):
             out[block.b + k] = block.a + k
+    return out
+
+
+def _align_walk(a: list[str], b: list[str]) -> dict[int, int]:
+    """In-order alignment in linear time: on a mismatch, find the nearest place where two words in a row
+    agree again (within ``_LOOKAHEAD`` words on either side), align the few skipped words with difflib,
+    and go on from there."""
+    import difflib
+
+    out: dict[int, int] = {}
+    i = j = 0
+    while i < len(a) and j < len(b):
+        if a[i] == b[j]:
+            out[j] = i
+            i += 1
+            j += 1
+            continue
+        best = None
+        for d in range(1, 2 * _LOOKAHEAD):
+            for di in range(max(0, d - _LOOKAHEAD), min(d, _LOOKAHEAD) + 1):
+                ii, jj = i + di, j + d - di
+                if ii < len(a) and jj < len(b) and a[ii] == b[jj]:
+                    if ii + 1 >= len(a) or jj + 1 >= len(b) or a[ii + 1] == b[jj + 1]:
+                        best = (ii, jj)
+                        break
+            if best:
+                break
+        if best is None:  # nothing agrees nearby: step over one word on each side
+            i += 1
+            j += 1
+            continue
+        for block in difflib.SequenceMatcher(a=a[i:best[0]], b=b[j:best[1]], autojunk=False).get_matching_blocks():
+            for k in range(block.size):
+                out[j + block.b + k] = i + block.a + k
+        i, j = best
     return out
 
 

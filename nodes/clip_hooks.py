@@ -31,11 +31,15 @@ ATTENTION_CLASSES = ("CLIPAttention", "T5Attention")
 _PYTORCH = {comfy_attention.attention_pytorch,
             getattr(comfy_attention.attention_pytorch, "__wrapped__", comfy_attention.attention_pytorch)}
 MAX_RECORDS = 8
+# token x token maps of one encode, all encoders and layers together; an encoder whose maps would not
+# fit (a prompt of thousands of T5 tokens) is encoded as usual but not captured
+TEXT_CAPTURE_BYTES = 256 * 2**20
 
 
 @dataclass
 class EncoderMaps:
-    """Token x token attention of one encoder for one encode: per layer, head mean, ``[rows, T, T]``."""
+    """Token x token attention of one encoder for one encode: per layer, head mean, ``[1, T, T]`` (the first
+    chunk: a long prompt's other 77-token chunks are encoded apart, as ComfyUI does, and not captured)."""
 
     layers: list[torch.Tensor] = field(default_factory=list)
 
@@ -45,6 +49,7 @@ class TextRecord:
     layout: TokenLayout
     labels: dict[str, list[str]]  # per encoder, one label per token position of the first chunk(s)
     maps: dict[str, EncoderMaps]
+    skipped: dict[str, str] = field(default_factory=dict)  # encoder -> why its maps were not captured
 
 
 @dataclass
@@ -53,6 +58,26 @@ class EncodeState:
     capture: bool
     maps: dict[str, EncoderMaps] = field(default_factory=dict)
     reweights: dict[tuple, Reweight | None] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    captured_bytes: int = 0
+
+    def wants_capture(self, key: str, length: int, layers: int) -> bool:
+        """Capture this encoder's maps if all its layers fit what is left of TEXT_CAPTURE_BYTES (decided once)."""
+        if not self.capture or key in self.skipped:
+            return False
+        if key in self.maps:
+            return True
+        need = length * length * 4 * max(layers, 1)
+        if self.captured_bytes + need > TEXT_CAPTURE_BYTES:
+            self.skipped[key] = (
+                f"{length} tokens need {need / 2**20:.3g} MB of token x token maps, over the "
+                f"{TEXT_CAPTURE_BYTES / 2**20:g} MB Enfoque keeps per encode"
+            )
+            log.warning("Enfoque: %s maps not captured: %s", key, self.skipped[key])
+            return False
+        self.captured_bytes += need
+        self.maps[key] = EncoderMaps()
+        return True
 
     def reweight(self, key: str, rows: int, length: int, device: torch.device) -> Reweight | None:
         """Built once per encoder and batch shape, not per layer."""
@@ -79,6 +104,7 @@ class ClipProbe(Shared):
         self.capture = capture
         self.state: EncodeState | None = None
         self.records: OrderedDict[str, TextRecord] = OrderedDict()
+        self.layers: dict[str, int] = {}  # attention layers per encoder
 
     def keep(self, record: TextRecord) -> str:
         rid = uuid.uuid4().hex
@@ -117,13 +143,18 @@ def _labels(stream: Stream) -> list[str]:
 class EncodeTokenWeights(Shared):
     """Object patch for ``cond_stage_model.encode_token_weights``."""
 
-    def __init__(self, probe: ClipProbe, original, tokenizer) -> None:
+    def __init__(self, probe: ClipProbe, original, tokenizer, present: set[str] | None = None) -> None:
         self.probe, self.original, self.tokenizer = probe, original, tokenizer
+        # encoders the model has: a tokenizer tokenizes for all (SD3 without T5 still gives T5 tokens,
+        # padded to CLIP's length, which would otherwise pass for a T5-only context)
+        self.present = present
 
     def __call__(self, token_weight_pairs):
         probe = self.probe
         streams = []
         for key, attr in ENCODERS:
+            if self.present is not None and key not in self.present:
+                continue
             chunks = token_weight_pairs.get(key) if isinstance(token_weight_pairs, dict) else None
             tok = _sub_tokenizer(self.tokenizer, attr, key)
             if chunks and tok is not None and hasattr(tok, "inv_vocab"):
@@ -132,6 +163,11 @@ class EncodeTokenWeights(Shared):
         if probe.weight_mode in ("attention", "both"):
             for s in streams:
                 w = torch.tensor([[float(it[1]) for it in c] for c in s.chunks], dtype=torch.float32)
+                if not bool(torch.isfinite(w).all()):
+                    raise ValueError(
+                        "EnfoquePatchCLIP: a prompt weight is not a number (nan or inf), which attention cannot "
+                        "apply; write weights such as (cat:1.2), 0 removes a word"
+                    )
                 if bool((w < 0).any()):
                     raise ValueError(
                         f"EnfoquePatchCLIP: the prompt weight {float(w.min()):g} is negative, which attention cannot "
@@ -157,8 +193,10 @@ class EncodeTokenWeights(Shared):
             layout = build_layout(streams, int(cond.shape[1]), offsets)
         extra = dict(out[2]) if len(out) > 2 else {}
         extra[LAYOUT_KEY] = layout
-        if state.capture and state.maps:
-            extra[RECORD_KEY] = probe.keep(TextRecord(layout, {s.key: _labels(s) for s in streams}, state.maps))
+        if state.capture and (state.maps or state.skipped):
+            extra[RECORD_KEY] = probe.keep(
+                TextRecord(layout, {s.key: _labels(s) for s in streams}, state.maps, dict(state.skipped))
+            )
         return (out[0], out[1], extra)
 
 
@@ -186,7 +224,8 @@ class AttentionForward(Shared):
         def attention(q, k, v, heads, mask=None, **kw):
             rows = q.shape[0]
             reweight = state.reweight(self.key, rows, k.shape[1], q.device)
-            caps = [Capture(slice(0, rows), torch.arange(k.shape[1], device=q.device))] if state.capture else []
+            capture = state.wants_capture(self.key, k.shape[1], self.probe.layers.get(self.key, 1))
+            caps = [Capture(slice(0, 1), torch.arange(k.shape[1], device=q.device))] if capture else []
 
             def compute_out(q_, k_, v_, m_):
                 return func(q_, k_, v_, heads, m_, **kw)
@@ -195,7 +234,7 @@ class AttentionForward(Shared):
                                query_range=(0, q.shape[1]),
                                compute_out=None if (func in _PYTORCH and caps) else compute_out)
             if maps:
-                state.maps.setdefault(self.key, EncoderMaps()).layers.append(maps[0] / heads)
+                state.maps[self.key].layers.append(maps[0] / heads)
             return out
 
         return attention
@@ -208,7 +247,8 @@ def install(clip, weight_mode: str, capture: bool):
     csm = c.cond_stage_model
     # the patcher's view, not the live module: another clone's patches may still be applied to it
     original = c.patcher.get_model_object("encode_token_weights")
-    c.patcher.add_object_patch("encode_token_weights", EncodeTokenWeights(probe, original, c.tokenizer))
+    present = {key for key, attr in ENCODERS if getattr(csm, attr, None) is not None}
+    c.patcher.add_object_patch("encode_token_weights", EncodeTokenWeights(probe, original, c.tokenizer, present))
     found = 0
     for key, attr in ENCODERS:
         enc = getattr(csm, attr, None)
@@ -219,6 +259,7 @@ def install(clip, weight_mode: str, capture: bool):
                 path = f"{attr}.{name}.forward"
                 if path not in c.patcher.object_patches:
                     c.patcher.add_object_patch(path, AttentionForward(probe, mod, key))
+                    probe.layers[key] = probe.layers.get(key, 0) + 1
                     found += 1
     if found == 0:
         raise ValueError(

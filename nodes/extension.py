@@ -2,6 +2,7 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from . import routes  # noqa: F401  (registers the /enfoque/ HTTP routes on the running server)
 from .model_nodes import EnfoqueAttentionMaps, EnfoquePatchModel
 from .output_nodes import (
     EnfoqueHeatmaps,

@@ -5,6 +5,10 @@
   running sums when the run ends.
 - APPLY_MODEL wrapper: once per model call, reads the sigma (step window, step
   count) and the latent grid, and hands them down on a copy of transformer_options.
+- PREDICT_NOISE / CALC_COND_BATCH wrappers: only the first batch of model calls of
+  each noise prediction is captured; the extra passes guidance patches run for the
+  same prediction (SAG, PAG, skip-layer guidance: perturbed copies of the model)
+  still get the prompt's weights but do not blur its maps.
 - Block replaces (``dit`` double/single blocks, UNet ``attn2``): tell the
   attention override which block it is in and how long the text is.
 - ``optimized_attention_override``: calls `attention.engine.attend` where a
@@ -30,7 +34,7 @@ import torch
 
 from ..attention.aggregate import MapAccumulator
 from ..attention.engine import Capture, Reweight, attend
-from ..attention.tokens import LAYOUT_KEY, TokenLayout
+from ..attention.tokens import LAYOUT_KEY, TokenLayout, brief, shown_words
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,7 @@ class CallState:
     step: int
     grid: tuple[int, int]
     txt_len: int | None = None
+    capture: bool = True  # False in a guidance pass (a second model pass for the same prediction)
 
 
 @dataclass
@@ -103,6 +108,9 @@ class RunRecord:
     plans: dict[tuple, Plan | None] = field(default_factory=dict)
     blocks_seen: set[int] = field(default_factory=set)
     active_steps: set[int] = field(default_factory=set)
+    batch: int = 0
+    batch_calls: int | None = None  # calc_cond_batch calls in the current noise prediction
+    guidance: bool = False  # inside a guidance pass
 
 
 @dataclass
@@ -116,6 +124,10 @@ class ProbeResult:
     active_steps: list[int]
     blocks: list[int]
     run: int
+    batch: int = 0  # images in the run (the latent's batch)
+
+
+MAX_RESULTS = 4  # finished runs kept per probe, one per latent shape (e.g. both passes of a hires fix)
 
 
 class ModelProbe(Shared):
@@ -131,7 +143,8 @@ class ModelProbe(Shared):
         self.key = f"enfoque_call_{next(_ids)}"
         self.site_key = self.key + "_site"
         self.run: RunRecord | None = None
-        self.result: ProbeResult | None = None
+        self.result: ProbeResult | None = None  # the last run, if it finished
+        self.results: list[ProbeResult] = []  # finished runs, newest last, one per (batch, grid)
         self.runs = 0
 
     # -- run lifecycle -------------------------------------------------------
@@ -142,18 +155,25 @@ class ModelProbe(Shared):
         return (math.ceil(h / self.patch_size), math.ceil(w / self.patch_size))
 
     def check_weights(self, routes: dict[Any, Route]) -> None:
-        """Weights bias mode cannot apply are refused before sampling, naming the word."""
-        if self.config.reweight != "bias":
+        """Weights attention cannot apply are refused before sampling, naming the word."""
+        mode = self.config.reweight
+        if mode == "off":
             return
         for r in routes.values():
             for pos, w in r.layout.weights.items():
-                if w < 0 or w != w:
-                    word = next((wd for wd, sp in zip(r.layout.words, r.layout.spans, strict=True) if pos in sp),
-                                f"#{pos}")
+                if math.isfinite(w) and (w >= 0 or mode != "bias"):
+                    continue
+                word = next((wd for wd, sp in zip(r.layout.words, r.layout.spans, strict=True) if pos in sp),
+                            f"#{pos}")
+                if not math.isfinite(w):
                     raise ValueError(
-                        f"EnfoquePatchModel: the {r.role} prompt gives {word!r} the weight {w:g}; bias mode needs "
-                        "weights >= 0 (0 removes a word). Change the weight or use reweight 'scale' or 'off'"
+                        f"EnfoquePatchModel: the {r.role} prompt gives {brief(word)!r} the weight {w}; weights must "
+                        "be finite numbers >= 0. Change the weight in the prompt or in EnfoqueTokenWeights"
                     )
+                raise ValueError(
+                    f"EnfoquePatchModel: the {r.role} prompt gives {brief(word)!r} the weight {w:g}; bias mode needs "
+                    "weights >= 0 (0 removes a word). Change the weight or use reweight 'scale' or 'off'"
+                )
 
     def check_budget(self, routes: dict[Any, Route], latent_shape: tuple[int, ...], steps: int) -> None:
         """Refuse, before sampling starts, a capture whose running sums would not fit the budget."""
@@ -182,13 +202,18 @@ class ModelProbe(Shared):
                 layout = c.get(LAYOUT_KEY) or TokenLayout.positional(int(cross.shape[1]))
                 routes[c["uuid"]] = Route(role, i, layout, self._columns(layout))
         self.check_weights(routes)
+        self.check_capture_words(routes)
         if latent_shape:
             self.check_budget(routes, latent_shape, steps)
         cfg = self.config
         hi = model_sampling.percent_to_sigma(cfg.start_percent)
         lo = model_sampling.percent_to_sigma(cfg.end_percent)
-        self.run = RunRecord(routes=routes, sigma_hi=hi, sigma_lo=lo)
+        self.run = RunRecord(routes=routes, sigma_hi=hi, sigma_lo=lo,
+                             batch=int(latent_shape[0]) if latent_shape else 0)
         self.result = None
+        if latent_shape:  # a new run of this shape supersedes the kept one, finished or not
+            shape = self._shape(latent_shape)
+            self.results = [r for r in self.results if (r.batch, r.grid) != shape]
 
     def end_run(self, ok: bool) -> None:
         run, self.run = self.run, None
@@ -205,11 +230,48 @@ class ModelProbe(Shared):
             active_steps=sorted(run.active_steps),
             blocks=sorted(run.blocks_seen),
             run=self.runs,
+            batch=run.batch,
+        )
+        kept = [r for r in self.results if (r.batch, r.grid) != (self.result.batch, self.result.grid)]
+        self.results = [*kept, self.result][-MAX_RESULTS:]
+
+    def _shape(self, latent_shape: tuple[int, ...]) -> tuple[int, tuple[int, int]]:
+        return int(latent_shape[0]), self.grid_for(latent_shape[-2], latent_shape[-1])
+
+    def result_for(self, latent_shape: tuple[int, ...] | None) -> ProbeResult | None:
+        """The newest finished run whose latent had this shape (batch, grid); the newest run without a shape."""
+        if not latent_shape:
+            return self.results[-1] if self.results else None
+        shape = self._shape(latent_shape)
+        for r in reversed(self.results):
+            if (r.batch, r.grid) == shape:
+                return r
+        return None
+
+    def check_capture_words(self, routes: dict[Any, Route]) -> None:
+        """Every capture word must be a word of a positive prompt: a typo would otherwise capture everything."""
+        cfg = self.config
+        positive = [r.layout for r in routes.values() if r.role == "positive"]
+        if not cfg.capture or not cfg.capture_words or not positive:
+            return
+        missing = [w for w in cfg.capture_words if not any(lay.find(w) for lay in positive)]
+        if not missing:
+            return
+        if not all(lay.labelled for lay in positive):
+            raise ValueError(
+                f"EnfoquePatchModel: capture_words {brief(', '.join(missing))!r}: the prompt was encoded by a stock CLIP, so "
+                "it has no words (only positions #0, #1, ...); put EnfoquePatchCLIP before the text encode, or leave "
+                "capture_words empty"
+            )
+        shown = shown_words(dict.fromkeys(w for lay in positive for w in lay.words))
+        raise ValueError(
+            f"EnfoquePatchModel: capture_words {brief(', '.join(missing))!r} are not words of the positive prompt "
+            f"({shown}); fix capture_words or leave it empty to capture every word"
         )
 
     def _columns(self, layout: TokenLayout) -> list[int]:
         words = self.config.capture_words
-        if not words or not layout.labelled:
+        if not words:
             return layout.positions()
         picked: dict[int, None] = {}
         for w in words:
@@ -234,7 +296,7 @@ class ModelProbe(Shared):
         if run.acc is None:
             cfg = self.config
             run.acc = MapAccumulator(grid, keep_steps=cfg.keep_steps, budget_bytes=int(cfg.budget_mb * 2**20))
-        return CallState(active=active, step=run.step, grid=grid)
+        return CallState(active=active, step=run.step, grid=grid, capture=not run.guidance)
 
     def wants_block(self, index: int) -> bool:
         blocks = self.config.blocks
@@ -323,6 +385,42 @@ class OuterSampleWrapper(Shared):
             self.probe.end_run(ok)
 
 
+class PredictNoiseWrapper(Shared):
+    """One noise prediction of the sampler: its first batch of model calls is the one captured."""
+
+    def __init__(self, probe: ModelProbe) -> None:
+        self.probe = probe
+
+    def __call__(self, executor, *args, **kwargs):
+        run = self.probe.run
+        if run is not None:
+            run.batch_calls = 0
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            if run is not None:
+                run.batch_calls = None
+
+
+class CalcCondBatchWrapper(Shared):
+    """Marks the model passes guidance patches (SAG, PAG, skip-layer guidance) add to a prediction."""
+
+    def __init__(self, probe: ModelProbe) -> None:
+        self.probe = probe
+
+    def __call__(self, executor, model, conds, x_in, timestep, model_options, *args, **kwargs):
+        run = self.probe.run
+        # context windows split one pass into several calls: every one of them counts as the pass itself
+        if run is None or run.batch_calls is None or (model_options or {}).get("context_handler") is not None:
+            return executor(model, conds, x_in, timestep, model_options, *args, **kwargs)
+        run.batch_calls += 1
+        before, run.guidance = run.guidance, run.batch_calls > 1
+        try:
+            return executor(model, conds, x_in, timestep, model_options, *args, **kwargs)
+        finally:
+            run.guidance = before
+
+
 class ApplyModelWrapper(Shared):
     """Once per model call: the step window and the latent grid, on a copy of transformer_options."""
 
@@ -365,10 +463,11 @@ class DitBlockReplace(Shared):
 
 
 class UnetAttn2Replace(Shared):
-    """UNet ``attn2`` replace: cross-attention runs through the stock attention with a site mark."""
+    """UNet ``attn2`` replace: cross-attention runs through the stock attention with a site mark,
+    or through the replace that was there before (another EnfoquePatchModel, another pack)."""
 
-    def __init__(self, probe: ModelProbe, index: int) -> None:
-        self.probe, self.index = probe, index
+    def __init__(self, probe: ModelProbe, index: int, previous: Callable | None = None) -> None:
+        self.probe, self.index, self.previous = probe, index, previous
 
     def __call__(self, q, k, v, extra_options: dict):
         to = extra_options
@@ -376,11 +475,15 @@ class UnetAttn2Replace(Shared):
         if state is not None and self.probe.wants_block(self.index):
             to = dict(extra_options)
             to[self.probe.site_key] = Site(self.index, k.shape[1], None)
+        if self.previous is not None:
+            return self.previous(q, k, v, to)
         return comfy_attention.optimized_attention(
             q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
             transformer_options=to,
         )
 
+
+_REWEIGHTED = "enfoque_reweighted"  # set on the transformer_options an override passes on once it reweighted
 
 # Where ComfyUI's SDPA backend is in use, the fused kernel SDPA dispatches to gives
 # the identical output plus the log-sum-exp. Other backends are called as they are
@@ -418,8 +521,15 @@ class AttentionOverride(Shared):
         plan = self.probe.plan(site, to.get("uuids") or [], q, q_len, k_len, q.shape[0])
         if plan is None:
             return self._next(func, args, kwargs)
+        captures = plan.captures if state.capture else []
+        # an outer EnfoquePatchModel already applied the prompt's weights (they are on mask/v): not twice
+        reweight = None if to.get(_REWEIGHTED) else plan.reweight
+        if not captures and reweight is None:
+            return self._next(func, args, kwargs)
 
         rest = {n: kwargs[n] for n in kwargs if n not in ("mask", "heads")}
+        if reweight is not None and "transformer_options" in rest:
+            rest["transformer_options"] = {**to, _REWEIGHTED: True}
         tail = args[5:]
 
         def compute_out(q_, k_, v_, mask_):
@@ -429,8 +539,8 @@ class AttentionOverride(Shared):
         out, maps = attend(
             q, k, v, heads, mask=mask, skip_reshape=skip,
             skip_output_reshape=bool(kwargs.get("skip_output_reshape", False)),
-            reweight=plan.reweight, captures=plan.captures, query_range=plan.query_range,
-            compute_out=None if (fused and plan.captures) else compute_out,
+            reweight=reweight, captures=captures, query_range=plan.query_range,
+            compute_out=None if (fused and captures) else compute_out,
         )
         if maps:
             self.probe.record(plan, maps, heads, state.step, site.block)
@@ -487,6 +597,8 @@ def install(model, config: ProbeConfig):
     to["optimized_attention_override"] = AttentionOverride(probe, previous)
     m.add_wrapper_with_key(patcher_extension.WrappersMP.OUTER_SAMPLE, probe.key, OuterSampleWrapper(probe))
     m.add_wrapper_with_key(patcher_extension.WrappersMP.APPLY_MODEL, probe.key, ApplyModelWrapper(probe))
+    m.add_wrapper_with_key(patcher_extension.WrappersMP.PREDICT_NOISE, probe.key, PredictNoiseWrapper(probe))
+    m.add_wrapper_with_key(patcher_extension.WrappersMP.CALC_COND_BATCH, probe.key, CalcCondBatchWrapper(probe))
     existing = to.get("patches_replace", {})
     if family in ("sd3", "flux"):
         dit = existing.get("dit", {})
@@ -501,8 +613,10 @@ def install(model, config: ProbeConfig):
     else:
         attn2 = existing.get("attn2", {})
         for i, (name, number, t) in enumerate(unet_attn2_sites(dm)):
-            if (name, number, t) in attn2 or (name, number) in attn2:
-                log.warning("Enfoque: %s attn2 %s already has a replace patch; leaving it alone", name, number)
-                continue
-            m.set_model_attn2_replace(UnetAttn2Replace(probe, i), name, number, t)
+            # ComfyUI prefers the (block, number, index) key over (block, number): chain to either
+            prev = attn2.get((name, number, t)) or attn2.get((name, number))
+            if prev is not None and not isinstance(prev, UnetAttn2Replace):
+                log.info("Enfoque: %s attn2 %s already has a replace patch; running it inside ours "
+                         "(its maps are captured only if it calls ComfyUI's attention)", name, number)
+            m.set_model_attn2_replace(UnetAttn2Replace(probe, i, prev), name, number, t)
     return m, probe

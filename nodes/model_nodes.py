@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
 from comfy_api.latest import io
 
-from ..attention.maps import AttentionMaps, pool_tokens
-from ..attention.tokens import parse_blocks
+from ..attention.maps import AttentionMaps, pool_tokens, share_of_text
+from ..attention.tokens import brief, parse_blocks, shown_words
 from .model_hooks import SUPPORTED, ModelProbe, ProbeConfig, block_count, install, model_family
+from .output_nodes import word_preview_images
 from .types import Maps, Probe
 
 CATEGORY = "Enfoque"
@@ -24,22 +28,22 @@ def word_spans(layout, columns: list[int], query: str, node: str) -> tuple[list[
                 spans.append(idx)
         return labels, spans
     labels, spans = [], []
-    for item in (x.strip() for x in query.split(",")):
+    for item in dict.fromkeys(x.strip() for x in query.split(",")):  # a repeated word is one map
         if not item:
             continue
         if not layout.labelled:
             if not item.startswith("#") or not item[1:].isdigit():
                 raise ValueError(
                     f"{node}: the prompt was encoded by a stock CLIP, so its maps are labelled by context position "
-                    f"(#0, #1, ...); {item!r} is not one. Put EnfoquePatchCLIP before the text encode to use words."
+                    f"(#0, #1, ...); {brief(item)!r} is not one. Put EnfoquePatchCLIP before the text encode to use words."
                 )
             hits = [int(item[1:])] if int(item[1:]) < len(layout.words) else []
         else:
             hits = layout.find(item)
         idx = [col[p] for i in hits for p in layout.spans[i] if p in col]
         if not idx:
-            shown = ", ".join(w for w in layout.words[:60])
-            raise ValueError(f"{node}: {item!r} is not among the captured prompt words: {shown}")
+            raise ValueError(f"{node}: {brief(item)!r} is not among the captured prompt words: "
+                             f"{shown_words(layout.words)}")
         labels.append(item)
         spans.append(idx)
     return labels, spans
@@ -84,6 +88,11 @@ class EnfoquePatchModel(io.ComfyNode):
         node = "EnfoquePatchModel"
         if reweight not in ("off", "bias", "scale"):
             raise ValueError(f"{node}: reweight {reweight!r} is not one of off, bias, scale")
+        for name, value in (("start_percent", start_percent), ("end_percent", end_percent), ("budget_mb", budget_mb)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{node}: {name} must be a number, got {value!r}; set it to a value in its range")
+        if budget_mb <= 0:
+            raise ValueError(f"{node}: budget_mb {budget_mb} must be positive (megabytes the maps may take)")
         if not 0.0 <= start_percent <= end_percent <= 1.0:
             raise ValueError(
                 f"{node}: start_percent {start_percent} must not exceed end_percent {end_percent} (both in 0..1)"
@@ -124,13 +133,25 @@ class EnfoqueAttentionMaps(io.ComfyNode):
         node = "EnfoqueAttentionMaps"
         if not isinstance(probe, ModelProbe):
             raise ValueError(f"{node}: the probe must come from EnfoquePatchModel")
+        if prompt not in ("positive", "negative"):
+            raise ValueError(f"{node}: prompt {brief(prompt)!r} is not one of positive, negative")
         if not probe.config.capture:
             raise ValueError(f"{node}: capture is off on EnfoquePatchModel; turn it on to get maps")
-        res = probe.result
-        if res is None:
+        samples = latent.get("samples") if isinstance(latent, dict) else None
+        shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) and samples.ndim >= 3 else None
+        res = probe.result_for(shape)
+        if res is None and not probe.results:
             raise ValueError(
                 f"{node}: no finished sampling run was recorded; connect the LATENT of a sampler that uses the "
                 "MODEL from the same EnfoquePatchModel"
+            )
+        if res is None:
+            kept = "; ".join(f"{r.batch} image(s) on a {r.grid[0]}x{r.grid[1]} grid" for r in probe.results)
+            gh, gw = probe.grid_for(shape[-2], shape[-1])
+            raise ValueError(
+                f"{node}: no sampling run of this probe matches the latent ({shape[0]} image(s) on a {gh}x{gw} grid; "
+                f"recorded: {kept}); connect the LATENT output of the sampler that used the MODEL from this "
+                "EnfoquePatchModel"
             )
         key = (prompt, int(cond_index))
         if key not in res.maps:
@@ -141,8 +162,7 @@ class EnfoqueAttentionMaps(io.ComfyNode):
         token_maps = res.maps[key]
         labels, spans = word_spans(route.layout, route.columns, words, node)
         maps = pool_tokens(token_maps, spans, words=labels)
-        samples = latent.get("samples") if isinstance(latent, dict) else None
-        lh, lw = (samples.shape[-2], samples.shape[-1]) if samples is not None else res.grid
+        lh, lw = (shape[-2], shape[-1]) if shape is not None else res.grid
         meta = {
             "model_family": probe.family,
             "prompt": prompt,
@@ -160,4 +180,11 @@ class EnfoqueAttentionMaps(io.ComfyNode):
             "normalisation": "none (mean attention probability over heads, blocks and steps)",
             "run": res.run,
         }
-        return io.NodeOutput(AttentionMaps(maps=maps, words=labels, meta=meta))
+        out = AttentionMaps(maps=maps, words=labels, meta=meta)
+        # for the frontend's word chips (js/enfoque.js): words, shares, one heatmap PNG per word
+        ui = {
+            "enfoque_words": list(out.words),
+            "enfoque_shares": [[round(float(s), 6) for s in row] for row in share_of_text(out).tolist()],
+            "enfoque_word_images": word_preview_images(out),
+        }
+        return io.NodeOutput(out, ui=ui)

@@ -10,16 +10,19 @@ from __future__ import annotations
 import logging
 import math
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
 import folder_paths
+import numpy as np
 import torch
 from comfy_api.latest import io, ui
+from PIL import Image
 
 from ..attention import export
-from ..attention.colormaps import COLORMAPS
-from ..attention.maps import AttentionMaps, select, share_of_text, to_mask
+from ..attention.colormaps import COLORMAPS, apply_colormap
+from ..attention.maps import AttentionMaps, normalise, resize, select, share_of_text, to_mask
 from ..attention.render import heatmap_panels
 from .types import Maps
 
@@ -44,6 +47,12 @@ def check_maps(maps: Any, node: str) -> AttentionMaps:
             "Re-run the sampling (a model or precision problem produced them), e.g. with fp32 or another sampler."
         )
     return maps
+
+
+def _brief(text: Any, limit: int = 80) -> str:
+    """User text as quoted in an error message: at most `limit` characters."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _output(node: str, exc: Exception) -> ValueError:
@@ -141,7 +150,67 @@ class EnfoqueHeatmaps(io.ComfyNode):
         payload["enfoque_shares"] = [
             [round(float(s), 6) for s in row] for row in share_of_text(maps).tolist()
         ]
+        payload["enfoque_word_images"] = word_preview_images(maps, image, colormap, float(opacity), normalisation)
         return io.NodeOutput(picture, ui=payload)
+
+
+WORD_PREVIEW_MAX_SIDE = 512  # per-word previews for the frontend's hover view stay small
+WORD_PREVIEW_MAX_WORDS = 128  # more words (e.g. unlabelled '#12' positions) get no preview
+WORD_PREVIEW_SUBFOLDER = "enfoque"
+
+
+def _preview_size(h: int, w: int) -> tuple[int, int]:
+    """(H, W) scaled down (never up) so the long side is at most WORD_PREVIEW_MAX_SIDE."""
+    scale = min(1.0, WORD_PREVIEW_MAX_SIDE / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def word_preview_images(
+    maps: AttentionMaps,
+    image: torch.Tensor | None = None,
+    colormap: str = "viridis",
+    opacity: float = 0.6,
+    normalisation: str = "minmax",
+) -> list[dict[str, str] | None]:
+    """One small PNG per word (first batch row) in ComfyUI's temp folder, for the frontend's word chips.
+
+    Each is that word's heatmap, normalised like the panels (over all words, so 'text'/'softmax' stay
+    comparable), blended over the first image when one is given, without a caption (the chip shows the
+    word and its share). Returns ComfyUI preview entries ``{"filename", "subfolder", "type": "temp"}`` in
+    the order of ``maps.words`` (None past the first ``WORD_PREVIEW_MAX_WORDS``); the frontend loads them
+    with ``/view``. The temp folder is emptied when ComfyUI starts.
+    """
+    n = len(maps.words)
+    if n == 0:
+        return []
+    raw = maps.maps.detach().to("cpu", torch.float32)[:1]
+    normed = normalise(raw, normalisation).clamp_(0.0, 1.0)[0]  # [n, h, w]
+    base = None
+    if image is not None:
+        img = torch.as_tensor(image).detach().to("cpu", torch.float32)
+        img = img if img.ndim == 4 else img.unsqueeze(0)
+        first = img[0]
+        first = first[..., :3] if first.shape[-1] >= 3 else first[..., :1].expand(*first.shape[:-1], 3)
+        ph, pw = _preview_size(int(first.shape[0]), int(first.shape[1]))
+        base = resize(first.permute(2, 0, 1).clamp(0.0, 1.0), (ph, pw)).clamp_(0.0, 1.0).permute(1, 2, 0)
+    else:  # maps alone: token grids upscaled to a readable size, as the panels are
+        h, w = int(normed.shape[-2]), int(normed.shape[-1])
+        up = max(1.0, 256 / min(h, w))
+        ph, pw = _preview_size(round(h * up), round(w * up))
+    folder = Path(folder_paths.get_temp_directory()) / WORD_PREVIEW_SUBFOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"words_{uuid.uuid4().hex[:12]}"
+    out: list[dict[str, str] | None] = []
+    for i in range(min(n, WORD_PREVIEW_MAX_WORDS)):  # one at a time: memory stays one picture
+        heat = apply_colormap(resize(normed[i], (ph, pw)).clamp_(0.0, 1.0), colormap)  # [ph, pw, 3]
+        if base is not None:
+            heat = base * (1.0 - opacity) + heat * opacity
+        pixels = (heat.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).numpy()
+        name = f"{stem}_{i:03}.png"
+        Image.fromarray(np.ascontiguousarray(pixels)).save(folder / name, compress_level=1)
+        out.append({"filename": name, "subfolder": WORD_PREVIEW_SUBFOLDER, "type": "temp"})
+    out.extend([None] * (n - len(out)))
+    return out
 
 
 def _mask_size(maps: AttentionMaps, width: int, height: int, node: str) -> tuple[int, int]:
@@ -286,7 +355,7 @@ class EnfoqueSaveAttentionMaps(io.ComfyNode):
         prefix = (filename_prefix or "").strip()
         if not prefix or os.path.basename(os.path.normpath(prefix)) in ("", ".", ".."):
             raise ValueError(
-                f"{node}: filename_prefix {filename_prefix!r} has no file name; use e.g. 'enfoque/maps'."
+                f"{node}: filename_prefix {_brief(filename_prefix)!r} has no file name; use e.g. 'enfoque/maps'."
             )
         output_dir = os.path.abspath(folder_paths.get_output_directory())
         h, w = maps.size
@@ -294,9 +363,14 @@ class EnfoqueSaveAttentionMaps(io.ComfyNode):
             folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
                 prefix, output_dir, w, h
             )
+        except OSError as exc:  # e.g. a name longer than the file system allows
+            raise ValueError(
+                f"{node}: filename_prefix {_brief(filename_prefix)!r} cannot be used as a folder/file name "
+                f"({exc.strerror or exc}); use a shorter prefix such as 'enfoque/maps'."
+            ) from exc
         except Exception as exc:  # ComfyUI raises a bare Exception for paths outside the output folder
             raise ValueError(
-                f"{node}: filename_prefix {filename_prefix!r} points outside the output folder; "
+                f"{node}: filename_prefix {_brief(filename_prefix)!r} points outside the output folder; "
                 "use a relative prefix such as 'enfoque/maps'."
             ) from exc
 
@@ -309,8 +383,13 @@ class EnfoqueSaveAttentionMaps(io.ComfyNode):
                 counter += 1
             except ValueError as exc:
                 raise _output(node, exc) from exc
+            except OSError as exc:  # e.g. a file name longer than the file system allows
+                raise ValueError(
+                    f"{node}: cannot write {_brief(filename_prefix)!r} to the output folder "
+                    f"({exc.strerror or exc}); use a shorter filename_prefix such as 'enfoque/maps'."
+                ) from exc
         else:
-            raise ValueError(f"{node}: could not find a free file name for {filename_prefix!r} in {folder}.")
+            raise ValueError(f"{node}: could not find a free file name for {_brief(filename_prefix)!r} in {folder}.")
 
         subfolder = subfolder.replace(os.sep, "/")
         results = [ui.SavedResult(p.name, subfolder, io.FolderType.output) for p in paths]

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..attention.maps import AttentionMaps
 from ..attention.render import token_matrix_image
-from ..attention.tokens import LAYOUT_KEY, parse_word_weights
+from ..attention.tokens import LAYOUT_KEY, brief, parse_word_weights, shown_words
 from .clip_hooks import RECORD_KEY, ClipProbe, install
 from .model_nodes import CATEGORY
 from .types import Maps, Probe
@@ -58,7 +58,7 @@ def apply_word_weights(conditioning, text: str, node: str = "EnfoqueTokenWeights
             hits = layout.find(phrase)
             if not hits:
                 raise ValueError(
-                    f"{node}: {phrase!r} is not a word of the prompt; its words are: {', '.join(layout.words)}"
+                    f"{node}: {brief(phrase)!r} is not a word of the prompt; its words are: {shown_words(layout.words)}"
                 )
             for i in hits:
                 for p in layout.spans[i]:
@@ -123,6 +123,10 @@ class EnfoqueTextAttentionMaps(io.ComfyNode):
         node = "EnfoqueTextAttentionMaps"
         if not isinstance(probe, ClipProbe):
             raise ValueError(f"{node}: the probe must come from EnfoquePatchCLIP")
+        if encoder not in ("auto", "l", "g", "t5xxl"):
+            raise ValueError(f"{node}: encoder {brief(encoder)!r} is not one of auto, l, g, t5xxl")
+        if level not in ("words", "tokens"):
+            raise ValueError(f"{node}: level {brief(level)!r} is not one of words, tokens")
         if not conditioning:
             raise ValueError(f"{node}: the conditioning is empty")
         d = conditioning[0][1]
@@ -136,6 +140,11 @@ class EnfoqueTextAttentionMaps(io.ComfyNode):
                              "encodes); run the text encode again")
         keys = [k for k in ("l", "g", "t5xxl") if k in rec.maps]
         key = keys[0] if encoder == "auto" and keys else encoder
+        skipped = rec.skipped
+        if key not in rec.maps and (key in skipped or (key == "auto" and skipped)):
+            why = "; ".join(f"{k}: {v}" for k, v in skipped.items() if key in ("auto", k))
+            raise ValueError(f"{node}: the maps of this prompt were not recorded ({why}); shorten the prompt "
+                             "to see them (the encode itself is unaffected)")
         if key not in rec.maps:
             raise ValueError(f"{node}: encoder {encoder!r} did not run for this prompt; available: {', '.join(keys)}")
         layers = rec.maps[key].layers

@@ -243,6 +243,7 @@ class ComfyServer:
     extra_args: tuple = ()
     proc: subprocess.Popen | None = None
     client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _log_file: Any = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -311,8 +312,7 @@ class ComfyServer:
             "--disable-api-nodes",
             *self.extra_args,
         ]
-        log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        self._log_file = log
+        self._log_file = log = open(self.log_path, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
             cmd,
             cwd=str(self.comfy_path),
@@ -347,7 +347,7 @@ class ComfyServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-        if getattr(self, "_log_file", None) is not None:
+        if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
 

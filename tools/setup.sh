@@ -72,7 +72,35 @@ else
   say "virtual environment up to date ($venv)"
 fi
 
-# 3. the pack in the host's custom_nodes
+# 3. the oldest supported host (ComfyUI 0.3.64) for tests/test_oldest_host.py
+COMFY_OLDEST_COMMIT=a125cd84b054a57729b5eecab930ca9408719832
+resolve_oldest() {
+  if [[ -n ${COMFYUI_OLDEST_PATH:-} ]]; then
+    if [[ -f $COMFYUI_OLDEST_PATH/comfy/model_management.py ]]; then echo "$COMFYUI_OLDEST_PATH"; return 0; fi
+    say "COMFYUI_OLDEST_PATH=$COMFYUI_OLDEST_PATH is not a ComfyUI checkout; ignoring it" >&2
+  fi
+  local c=$cache/comfyui-$COMFY_OLDEST_COMMIT
+  if [[ -f $c/comfy/model_management.py ]]; then echo "$c"; return 0; fi
+  if command -v git >/dev/null 2>&1; then
+    local tmp=$cache/.clone-oldest-$$
+    mkdir -p "$cache"
+    if timeout 300 git clone -q --filter=blob:none "$COMFY_URL" "$tmp" >/dev/null 2>&1 \
+      && git -C "$tmp" checkout -q "$COMFY_OLDEST_COMMIT" >/dev/null 2>&1; then
+      mv "$tmp" "$c"; echo "$c"; return 0
+    fi
+    rm -rf "$tmp"
+  fi
+  return 1
+}
+if oldest=$(resolve_oldest); then
+  say "oldest supported host (ComfyUI 0.3.64): $oldest"
+  printf '%s\n' "$oldest" >"$venv/.comfyui-oldest-path"
+else
+  rm -f "$venv/.comfyui-oldest-path"
+  say "no ComfyUI 0.3.64 checkout (COMFYUI_OLDEST_PATH, $cache/comfyui-$COMFY_OLDEST_COMMIT, or a clone): tests/test_oldest_host.py will be skipped"
+fi
+
+# 4. the pack in the host's custom_nodes
 if [[ -n $comfy ]]; then
   link=$comfy/custom_nodes/enfoque
   if [[ $(readlink "$link" 2>/dev/null) != "$here" ]]; then

@@ -1,0 +1,530 @@
+// Enfoque frontend: word chips on the attention-map nodes and on EnfoqueTokenWeights.
+//
+// Loaded by ComfyUI through WEB_DIRECTORY = "./js" (served as /extensions/<pack>/enfoque.js).
+// Uses only the public frontend modules app.js and api.js and the node hooks
+// of app.registerExtension; every prototype hook it sets calls the previous one.
+//
+// EnfoqueHeatmaps / EnfoqueAttentionMaps: after a run the node shows the
+//   prompt's words as chips (from the node's `ui` output: enfoque_words,
+//   enfoque_shares, enfoque_word_images, images). Hovering a chip shows that
+//   word's heatmap in the node; clicking pins it (click again to unpin). The
+//   pinned word is kept in node.properties.enfoque_pinned, so it is saved with
+//   the workflow and restored when the workflow is loaded again.
+// EnfoqueTokenWeights: the words of the prompt feeding its conditioning
+//   (found through the graph's links, split by POST /enfoque/tokenize) as chips
+//   with a weight each; mouse wheel (shift: bigger steps) or vertical drag
+//   changes a weight, double-click resets it to 1. Every change is written to
+//   the node's `weights` widget as "word:1.25, other:0.8".
+
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+const EXT = "enfoque.WordChips";
+const MAP_NODES = new Set(["EnfoqueAttentionMaps", "EnfoqueHeatmaps"]);
+const WEIGHT_NODE = "EnfoqueTokenWeights";
+const PIN = "enfoque_pinned";
+const NATIVE_PREVIEW = "$$canvas-image-preview";
+const MAX_WEIGHT = 10;
+const WHEEL_STEP = 0.05;
+const WHEEL_STEP_SHIFT = 0.25;
+const DRAG_PX_PER_UNIT = 100; // dragging 100 px up adds 1.0
+const TEXT_WIDGETS = ["text", "clip_l", "text_l", "clip_g", "text_g", "t5xxl"];
+// same grammar as attention/tokens.py parse_word_weights
+const WEIGHT_RE = /^\s*(.+?)\s*:\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$/;
+
+const CSS = `
+.enfoque-root { display: flex; flex-direction: column; gap: 6px; box-sizing: border-box;
+  width: 100%; height: 100%; padding: 4px 2px; font: 12px/1.2 Inter, Arial, sans-serif;
+  color: var(--input-text, #ddd); overflow: hidden; }
+.enfoque-chips { display: flex; flex-wrap: wrap; gap: 4px; flex: 0 0 auto; max-height: 50%; overflow-y: auto; }
+.enfoque-weights .enfoque-chips { max-height: none; flex: 1 1 auto; align-content: flex-start; }
+.enfoque-chip { display: inline-flex; align-items: baseline; gap: 5px; padding: 3px 8px; border-radius: 11px;
+  border: 1px solid var(--border-color, #4a4a4a); background: var(--comfy-input-bg, #222);
+  cursor: pointer; user-select: none; white-space: nowrap; touch-action: none; }
+.enfoque-chip:hover, .enfoque-chip.enfoque-hover { border-color: #7fb2ff; background: #2b3a52; }
+.enfoque-chip.enfoque-pinned { border-color: #ffcc4d; background: #4a3b12; color: #fff; }
+.enfoque-chip .enfoque-val { opacity: 0.65; font-variant-numeric: tabular-nums; font-size: 11px; }
+.enfoque-chip.enfoque-up { border-color: #e8894b; background: #4a2a17; }
+.enfoque-chip.enfoque-down { border-color: #5f87b5; background: #1b2a3b; }
+.enfoque-chip.enfoque-zero { opacity: 0.55; text-decoration: line-through; }
+.enfoque-view { position: relative; flex: 1 1 auto; min-height: 0; display: flex; align-items: center;
+  justify-content: center; background: rgba(0,0,0,0.25); border-radius: 4px; }
+.enfoque-view img { width: 100%; height: 100%; object-fit: contain; display: block; }
+.enfoque-view img[src=""], .enfoque-view img:not([src]), .enfoque-view img.enfoque-missing { display: none; }
+.enfoque-caption { position: absolute; left: 6px; bottom: 4px; padding: 1px 6px; border-radius: 3px;
+  background: rgba(0,0,0,0.6); color: #fff; font-size: 11px; pointer-events: none; }
+.enfoque-caption:empty { display: none; }
+.enfoque-hint { opacity: 0.6; font-size: 11px; padding: 2px; }
+`;
+
+function addStyle() {
+  if (document.getElementById("enfoque-style")) return;
+  const style = document.createElement("style");
+  style.id = "enfoque-style";
+  style.textContent = CSS;
+  document.head.appendChild(style);
+}
+
+function el(tag, className, text) {
+  const e = document.createElement(tag);
+  if (className) e.className = className;
+  if (text != null) e.textContent = text;
+  return e;
+}
+
+/** Wrap nodeType.prototype[name] so that the previous handler runs first. */
+function chain(proto, name, after) {
+  const previous = proto[name];
+  proto[name] = function (...args) {
+    const result = previous?.apply(this, args);
+    after.apply(this, args);
+    return result;
+  };
+}
+
+function viewUrl(entry) {
+  if (!entry?.filename) return "";
+  const q = new URLSearchParams({
+    filename: entry.filename,
+    type: entry.type || "temp",
+    subfolder: entry.subfolder || "",
+  });
+  return api.apiURL(`/view?${q}`);
+}
+
+function redraw(node) {
+  node.setDirtyCanvas?.(true, true);
+  app.graph?.setDirtyCanvas?.(true, true);
+}
+
+// ------------------------------------------------------------------ map nodes
+
+function mapsWidget(node) {
+  if (node.enfoque) return node.enfoque;
+  const root = el("div", "enfoque-root enfoque-maps");
+  const chips = el("div", "enfoque-chips");
+  const hint = el("div", "enfoque-hint", "Run the workflow to see the prompt's words here.");
+  const view = el("div", "enfoque-view");
+  const img = el("img");
+  img.alt = "";
+  img.draggable = false;
+  const caption = el("div", "enfoque-caption");
+  view.append(img, caption);
+  root.append(chips, hint, view);
+  const state = { root, chips, hint, view, img, caption, words: [], shares: [], images: [], base: null, hovered: null };
+  node.enfoque = state;
+  // previews live in ComfyUI's temp folder, which is emptied when the server restarts
+  img.addEventListener("error", () => {
+    if (!img.getAttribute("src")) return;
+    img.classList.add("enfoque-missing");
+    caption.textContent = `${caption.textContent || "preview"} (gone from the server; run the workflow again)`;
+  });
+  img.addEventListener("load", () => img.classList.remove("enfoque-missing"));
+  const widget = node.addDOMWidget("enfoque_words", "enfoque-words", root, {
+    serialize: false,
+    hideOnZoom: true,
+    getMinHeight: () => (state.words.length ? 220 : 60),
+  });
+  widget.serialize = false;
+  state.widget = widget;
+  return state;
+}
+
+function showWord(node, word) {
+  const s = node.enfoque;
+  if (!s) return;
+  const i = word == null ? -1 : s.words.indexOf(word);
+  let entry = null;
+  let label = "";
+  if (i >= 0) {
+    entry = s.images[i] ?? null;
+    const share = s.shares[i];
+    label = share == null ? word : `${word}  ${(100 * share).toFixed(1)}%`;
+    if (!entry) label += " (no preview for this word)";
+  } else {
+    entry = s.base; // the node's own preview (the Heatmaps panel grid), if any
+  }
+  const src = viewUrl(entry);
+  if (s.img.getAttribute("src") !== src) {
+    s.img.classList.remove("enfoque-missing");
+    s.img.setAttribute("src", src);
+  }
+  s.img.dataset.word = i >= 0 ? word : "";
+  s.caption.textContent = label;
+  if (src && s.img.classList.contains("enfoque-missing")) {
+    s.caption.textContent = `${label || "preview"} (gone from the server; run the workflow again)`;
+  }
+  s.view.style.display = s.words.length && (src || label) ? "" : "none";
+}
+
+function currentWord(node) {
+  const s = node.enfoque;
+  if (!s) return null;
+  if (s.hovered != null) return s.hovered;
+  const pinned = node.properties?.[PIN];
+  return s.words.includes(pinned) ? pinned : null;
+}
+
+function refreshPins(node) {
+  const s = node.enfoque;
+  if (!s) return;
+  s.root.dataset.enfoqueNode = String(node.id);
+  const pinned = node.properties?.[PIN];
+  for (const chip of s.chips.children) {
+    chip.classList.toggle("enfoque-pinned", chip.dataset.word === pinned);
+  }
+  showWord(node, currentWord(node));
+}
+
+function setPinned(node, word) {
+  node.properties = node.properties ?? {};
+  const before = node.properties[PIN];
+  app.canvas?.emitBeforeChange?.();
+  if (word == null || before === word) delete node.properties[PIN];
+  else node.properties[PIN] = word;
+  app.canvas?.emitAfterChange?.();
+  refreshPins(node);
+  redraw(node);
+}
+
+function renderMapChips(node) {
+  const s = mapsWidget(node);
+  s.root.dataset.enfoqueNode = String(node.id); // ids are assigned after onNodeCreated
+  s.chips.replaceChildren();
+  s.words.forEach((word, i) => {
+    const chip = el("span", "enfoque-chip");
+    chip.dataset.word = word;
+    chip.title = "Hover to see where this word attends; click to pin it";
+    chip.append(el("span", "enfoque-word", word));
+    const share = s.shares[i];
+    if (share != null) chip.append(el("span", "enfoque-val", `${Math.round(100 * share)}%`));
+    chip.addEventListener("pointerenter", () => {
+      s.hovered = word;
+      showWord(node, word);
+    });
+    chip.addEventListener("pointerleave", () => {
+      if (s.hovered === word) s.hovered = null;
+      showWord(node, currentWord(node));
+    });
+    chip.addEventListener("click", (e) => {
+      e.stopPropagation();
+      setPinned(node, word);
+    });
+    s.chips.append(chip);
+  });
+  s.hint.style.display = s.words.length ? "none" : "";
+  refreshPins(node);
+  const min = node.computeSize?.();
+  if (min && node.size[1] < min[1]) node.setSize([node.size[0], min[1]]);
+  redraw(node);
+}
+
+function applyMapsOutput(node, output) {
+  const words = output?.enfoque_words;
+  if (!Array.isArray(words)) return;
+  const s = mapsWidget(node);
+  const sig = JSON.stringify([words, output.enfoque_word_images, output.images?.[0]]);
+  if (sig === s.sig && s.chips.children.length) return refreshPins(node);
+  s.sig = sig;
+  s.words = words.map(String);
+  const shares = output.enfoque_shares;
+  s.shares = Array.isArray(shares) && Array.isArray(shares[0]) ? shares[0] : [];
+  s.images = Array.isArray(output.enfoque_word_images) ? output.enfoque_word_images : [];
+  s.base = Array.isArray(output.images) ? output.images[0] ?? null : null;
+  s.hovered = null;
+  renderMapChips(node);
+}
+
+/** The chips widget shows this node's pictures; drop the canvas preview so they are not drawn twice. */
+function hideNativePreview(node) {
+  if (!node.enfoque?.words.length || !node.imgs?.length) return;
+  node.imgs = undefined;
+  const i = node.widgets?.findIndex((w) => w.name === NATIVE_PREVIEW) ?? -1;
+  if (i > -1) {
+    node.widgets[i].onRemove?.();
+    node.widgets.splice(i, 1);
+  }
+}
+
+function setupMapNode(nodeType, eager) {
+  // Heatmaps always has the chips (its ui output carries the words); other map nodes get
+  // them once an output with words arrives
+  if (eager) {
+    chain(nodeType.prototype, "onNodeCreated", function () {
+      mapsWidget(this);
+    });
+  }
+  chain(nodeType.prototype, "onExecuted", function (output) {
+    applyMapsOutput(this, output);
+  });
+  chain(nodeType.prototype, "onConfigure", function () {
+    // properties (the pinned word) are restored by now; outputs the frontend still holds
+    // for this node (same session) bring the chips back with the pin applied
+    const output = app.nodeOutputs?.[String(this.id)];
+    if (Array.isArray(output?.enfoque_words)) applyMapsOutput(this, output);
+    else refreshPins(this);
+  });
+  chain(nodeType.prototype, "onDrawBackground", function () {
+    hideNativePreview(this);
+  });
+}
+
+// ------------------------------------------------------------- token weights
+
+function parseWeights(text) {
+  const out = [];
+  for (const frag of String(text ?? "").split(",")) {
+    const raw = frag.trim();
+    if (!raw) continue;
+    const m = WEIGHT_RE.exec(frag);
+    out.push(m ? { raw, key: m[1], norm: m[1].trim().toLowerCase(), weight: parseFloat(m[2]) } : { raw });
+  }
+  return out;
+}
+
+function formatNumber(x) {
+  return String(Number(x.toFixed(2)));
+}
+
+/** `text` with `word`'s weight set (weight 1 removes the entry); other entries are kept verbatim. */
+function withWeight(text, word, weight) {
+  const out = [];
+  let found = false;
+  for (const e of parseWeights(text)) {
+    if (e.norm === word) {
+      if (found) continue;
+      found = true;
+      if (weight !== 1) out.push(`${e.key}:${formatNumber(weight)}`);
+    } else {
+      out.push(e.raw);
+    }
+  }
+  if (!found && weight !== 1) out.push(`${word}:${formatNumber(weight)}`);
+  return out.join(", ");
+}
+
+function weightsOf(text) {
+  const map = new Map();
+  for (const e of parseWeights(text)) if (e.norm != null && !map.has(e.norm)) map.set(e.norm, e.weight);
+  return map;
+}
+
+/** The prompt text feeding this node's conditioning: follow links up to a text encode. */
+function upstreamText(node, depth = 0, seen = new Set()) {
+  if (!node || depth > 16 || seen.has(node)) return null;
+  seen.add(node);
+  if (depth > 0) {
+    for (const name of TEXT_WIDGETS) {
+      const w = node.widgets?.find((x) => x.name === name);
+      if (w && typeof w.value === "string" && w.value.trim()) return w.value;
+    }
+  }
+  const inputs = node.inputs ?? [];
+  for (let i = 0; i < inputs.length; i++) {
+    const input = inputs[i];
+    if (input.link == null) continue;
+    const passes = input.type === "CONDITIONING" || input.type === "*" || inputs.length === 1;
+    if (!passes) continue;
+    const text = upstreamText(node.getInputNode?.(i), depth + 1, seen);
+    if (text != null) return text;
+  }
+  return null;
+}
+
+function weightsWidgetOf(node) {
+  return node.widgets?.find((w) => w.name === "weights");
+}
+
+function weightState(node) {
+  if (node.enfoqueWeights) return node.enfoqueWeights;
+  const root = el("div", "enfoque-root enfoque-weights");
+  const chips = el("div", "enfoque-chips");
+  const hint = el("div", "enfoque-hint", "Connect a text encode to see its words.");
+  root.append(hint, chips);
+  const state = { root, chips, hint, words: [], text: null, pending: null, seq: 0, rendered: null };
+  node.enfoqueWeights = state;
+  const widget = node.addDOMWidget("enfoque_weight_chips", "enfoque-weights", root, {
+    serialize: false,
+    hideOnZoom: true,
+    getMinHeight: () => Math.max(44, Math.min(220, chips.scrollHeight + hint.offsetHeight + 12)),
+  });
+  widget.serialize = false;
+  state.widget = widget;
+  return state;
+}
+
+function setWeight(node, word, value) {
+  const w = weightsWidgetOf(node);
+  if (!w) return;
+  const v = Math.min(MAX_WEIGHT, Math.max(0, Math.round(value * 100) / 100));
+  const next = withWeight(w.value, word, v);
+  if (next === w.value) return;
+  w.value = next;
+  w.callback?.(next, app.canvas, node);
+  updateWeightChips(node);
+  redraw(node);
+}
+
+function updateWeightChips(node) {
+  const s = node.enfoqueWeights;
+  const w = weightsWidgetOf(node);
+  if (!s || !w) return;
+  const weights = weightsOf(w.value);
+  for (const chip of s.chips.children) {
+    const v = weights.get(chip.dataset.word) ?? 1;
+    chip.dataset.weight = formatNumber(v);
+    chip.querySelector(".enfoque-val").textContent = v.toFixed(2);
+    chip.classList.toggle("enfoque-up", v > 1);
+    chip.classList.toggle("enfoque-down", v < 1 && v > 0);
+    chip.classList.toggle("enfoque-zero", v === 0);
+  }
+  s.rendered = w.value;
+}
+
+function currentWeight(node, word) {
+  return weightsOf(weightsWidgetOf(node)?.value).get(word) ?? 1;
+}
+
+function renderWeightChips(node) {
+  const s = weightState(node);
+  s.chips.replaceChildren();
+  for (const word of s.words) {
+    const chip = el("span", "enfoque-chip");
+    chip.dataset.word = word;
+    chip.title = "Wheel or drag up/down to change the weight (shift: bigger steps); double-click resets to 1";
+    chip.append(el("span", "enfoque-word", word), el("span", "enfoque-val", "1.00"));
+    chip.addEventListener(
+      "wheel",
+      (e) => {
+        e.preventDefault();
+        e.stopPropagation();
+        const step = e.shiftKey ? WHEEL_STEP_SHIFT : WHEEL_STEP;
+        const dir = (e.deltaY || e.deltaX) < 0 ? 1 : -1;
+        app.canvas?.emitBeforeChange?.();
+        setWeight(node, word, currentWeight(node, word) + dir * step);
+        app.canvas?.emitAfterChange?.();
+      },
+      { passive: false },
+    );
+    chip.addEventListener("pointerdown", (e) => {
+      if (e.button !== 0) return;
+      e.preventDefault();
+      e.stopPropagation();
+      chip.setPointerCapture?.(e.pointerId);
+      const start = currentWeight(node, word);
+      const y0 = e.clientY;
+      app.canvas?.emitBeforeChange?.();
+      const move = (ev) => {
+        const units = (y0 - ev.clientY) / DRAG_PX_PER_UNIT;
+        setWeight(node, word, Math.round((start + units) * 20) / 20);
+      };
+      const up = () => {
+        chip.removeEventListener("pointermove", move);
+        chip.removeEventListener("pointerup", up);
+        chip.removeEventListener("pointercancel", up);
+        app.canvas?.emitAfterChange?.();
+      };
+      chip.addEventListener("pointermove", move);
+      chip.addEventListener("pointerup", up);
+      chip.addEventListener("pointercancel", up);
+    });
+    chip.addEventListener("dblclick", (e) => {
+      e.stopPropagation();
+      app.canvas?.emitBeforeChange?.();
+      setWeight(node, word, 1);
+      app.canvas?.emitAfterChange?.();
+    });
+    s.chips.append(chip);
+  }
+  updateWeightChips(node);
+  const min = node.computeSize?.();
+  if (min && node.size[1] < min[1]) node.setSize([node.size[0], min[1]]);
+  redraw(node);
+}
+
+async function fetchWords(node, text) {
+  const s = weightState(node);
+  const seq = ++s.seq;
+  let words = [];
+  let error = null;
+  try {
+    const res = await api.fetchApi("/enfoque/tokenize", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ text }),
+    });
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok) error = body.error || `HTTP ${res.status}`;
+    else words = Array.isArray(body.words) ? body.words.map(String) : [];
+  } catch (e) {
+    error = String(e?.message ?? e);
+  }
+  if (seq !== s.seq) return; // a newer text is on its way
+  const unique = [];
+  for (const w of words) {
+    const norm = w.trim().toLowerCase();
+    if (norm && !unique.includes(norm)) unique.push(norm);
+  }
+  s.words = unique;
+  s.hint.textContent = error
+    ? `Cannot split the prompt: ${error}`
+    : unique.length
+      ? "Wheel or drag a word to weigh it; double-click resets."
+      : "The prompt has no words.";
+  renderWeightChips(node);
+}
+
+function pollPrompt(node) {
+  const s = weightState(node);
+  s.root.dataset.enfoqueNode = String(node.id);
+  const text = upstreamText(node);
+  if (text !== s.text) {
+    s.text = text;
+    clearTimeout(s.pending);
+    if (text == null) {
+      s.seq++;
+      s.words = [];
+      s.hint.textContent = "Connect a text encode to see its words.";
+      renderWeightChips(node);
+    } else {
+      s.pending = setTimeout(() => fetchWords(node, text), 250);
+    }
+  }
+  const w = weightsWidgetOf(node);
+  if (w && w.value !== s.rendered) updateWeightChips(node);
+}
+
+function setupWeightNode(nodeType) {
+  chain(nodeType.prototype, "onNodeCreated", function () {
+    weightState(this);
+  });
+  chain(nodeType.prototype, "onConfigure", function () {
+    weightState(this);
+    pollPrompt(this);
+  });
+  chain(nodeType.prototype, "onConnectionsChange", function () {
+    if (this.enfoqueWeights) pollPrompt(this);
+  });
+  // the prompt text can change anywhere upstream; check it (cheaply) whenever the node is drawn
+  chain(nodeType.prototype, "onDrawForeground", function () {
+    if (this.enfoqueWeights) pollPrompt(this);
+  });
+}
+
+app.registerExtension({
+  name: EXT,
+  setup() {
+    addStyle();
+  },
+  // the frontend restores a workflow's outputs when its tab is shown again
+  onNodeOutputsUpdated(outputs) {
+    for (const node of app.graph?.nodes ?? []) {
+      const output = outputs?.[String(node.id)];
+      if (MAP_NODES.has(node.comfyClass) && Array.isArray(output?.enfoque_words)) applyMapsOutput(node, output);
+    }
+  },
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (MAP_NODES.has(nodeData?.name)) setupMapNode(nodeType, nodeData.name === "EnfoqueHeatmaps");
+    else if (nodeData?.name === WEIGHT_NODE) setupWeightNode(nodeType);
+  },
+});
