@@ -5,7 +5,8 @@ unpatched vs EnfoquePatchModel capturing all tokens, 8 words, and reweighting.
     .venv/bin/python benchmarks/sampling_bench.py --steps 4 --depth 4 --rounds 1   # quick look
 
 Each configuration runs in its own process (fresh peak RSS), in rounds that
-alternate the configurations; the time is the best round. ComfyUI runs with
+alternate the configurations (rotated, so none always runs first); the time is
+the best round. ComfyUI runs with
 ``--cpu --use-pytorch-cross-attention`` by default: SDPA is ComfyUI's default
 backend on GPUs, and it is the backend whose fused kernel also gives the
 log-sum-exp. ``--backend default`` keeps ComfyUI's CPU choice (sub-quadratic
@@ -92,8 +93,8 @@ def main() -> None:
         return
     env = dict(os.environ)
     best: dict[str, dict] = {}
-    for _ in range(args.rounds):
-        for c in CONFIGS:
+    for r in range(args.rounds):
+        for c in CONFIGS[r % len(CONFIGS):] + CONFIGS[:r % len(CONFIGS)]:  # rotate: no config always runs first
             res = subprocess.run(
                 [sys.executable, __file__, "--child", c, "--depth", str(args.depth), "--steps", str(args.steps),
                  "--size", str(args.size), "--backend", args.backend],
