@@ -118,6 +118,7 @@ class ProbeResult:
     """What one finished run captured, per (role, index): token maps on the grid."""
 
     maps: dict[tuple[str, int], torch.Tensor]
+    step_maps: dict[tuple[str, int], dict[int, torch.Tensor]]  # per step, with keep_steps
     routes: dict[tuple[str, int], Route]
     grid: tuple[int, int]
     steps: int
@@ -222,8 +223,10 @@ class ModelProbe(Shared):
         self.runs += 1
         by_key = {(r.role, r.index): r for r in run.routes.values()}
         maps = {k: run.acc.mean(k) for k in run.acc.records}
+        step_maps = {k: run.acc.step_means(k) for k in run.acc.records} if self.config.keep_steps else {}
         self.result = ProbeResult(
             maps=maps,
+            step_maps=step_maps,
             routes={k: by_key[k] for k in maps},
             grid=run.acc.grid,
             steps=run.step + 1,

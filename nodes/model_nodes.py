@@ -78,13 +78,16 @@ class EnfoquePatchModel(io.ComfyNode):
                                 tooltip="Only capture these words (comma separated); empty = all words."),
                 io.Float.Input("budget_mb", default=1024.0, min=1.0, max=65536.0, step=1.0, optional=True,
                                tooltip="Most memory the captured maps may take."),
+                io.Boolean.Input("keep_steps", default=False, optional=True,
+                                 tooltip="Also keep one map per sampling step (EnfoqueAttentionMaps' step input); "
+                                 "each step costs as much memory as the mean, within budget_mb."),
             ],
             outputs=[io.Model.Output(), Probe.Output(display_name="probe")],
         )
 
     @classmethod
     def execute(cls, model, capture, reweight, blocks, start_percent, end_percent,
-                capture_negative=False, capture_words="", budget_mb=1024.0) -> io.NodeOutput:
+                capture_negative=False, capture_words="", budget_mb=1024.0, keep_steps=False) -> io.NodeOutput:
         node = "EnfoquePatchModel"
         if reweight not in ("off", "bias", "scale"):
             raise ValueError(f"{node}: reweight {reweight!r} is not one of off, bias, scale")
@@ -103,7 +106,7 @@ class EnfoquePatchModel(io.ComfyNode):
         config = ProbeConfig(capture=bool(capture), reweight=reweight, blocks=selected,
                              start_percent=float(start_percent), end_percent=float(end_percent),
                              capture_negative=bool(capture_negative), capture_words=words,
-                             budget_mb=float(budget_mb))
+                             budget_mb=float(budget_mb), keep_steps=bool(keep_steps))
         patched, probe = install(model, config)
         return io.NodeOutput(patched, probe)
 
@@ -124,12 +127,15 @@ class EnfoqueAttentionMaps(io.ComfyNode):
                                tooltip="Whose maps: the positive prompt's, or the negative's (needs capture_negative)."),
                 io.Int.Input("cond_index", default=0, min=0, max=64, optional=True,
                              tooltip="Which conditioning when several were combined."),
+                io.Int.Input("step", default=-1, min=-1, max=10000, optional=True,
+                             tooltip="-1 = mean over the step window; k = the map of sampling step k "
+                             "(needs keep_steps on EnfoquePatchModel)."),
             ],
             outputs=[Maps.Output(display_name="maps")],
         )
 
     @classmethod
-    def execute(cls, probe, latent, words, prompt="positive", cond_index=0) -> io.NodeOutput:
+    def execute(cls, probe, latent, words, prompt="positive", cond_index=0, step=-1) -> io.NodeOutput:
         node = "EnfoqueAttentionMaps"
         if not isinstance(probe, ModelProbe):
             raise ValueError(f"{node}: the probe must come from EnfoquePatchModel")
@@ -160,6 +166,16 @@ class EnfoqueAttentionMaps(io.ComfyNode):
             raise ValueError(f"{node}: no maps for the {prompt} conditioning #{cond_index}{hint}; recorded: {have}")
         route = res.routes[key]
         token_maps = res.maps[key]
+        steps = res.active_steps
+        if step is not None and int(step) >= 0:
+            if not probe.config.keep_steps:
+                raise ValueError(f"{node}: step {step} needs per-step maps; turn on keep_steps on EnfoquePatchModel "
+                                 "(or use step -1 for the mean)")
+            per_step = res.step_maps.get(key, {})
+            if int(step) not in per_step:
+                raise ValueError(f"{node}: step {step} was not captured; captured steps: "
+                                 f"{', '.join(map(str, sorted(per_step))) or 'none'} (or -1 for the mean)")
+            token_maps, steps = per_step[int(step)], [int(step)]
         labels, spans = word_spans(route.layout, route.columns, words, node)
         maps = pool_tokens(token_maps, spans, words=labels)
         lh, lw = (shape[-2], shape[-1]) if shape is not None else res.grid
@@ -172,7 +188,7 @@ class EnfoqueAttentionMaps(io.ComfyNode):
             "token_spans": route.layout.encoder_spans,
             "labelled": route.layout.labelled,
             "blocks": res.blocks,
-            "steps": res.active_steps,
+            "steps": steps,
             "sigma_window": [probe.config.start_percent, probe.config.end_percent],
             "reweight": probe.config.reweight,
             "grid": list(res.grid),

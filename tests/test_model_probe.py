@@ -283,3 +283,24 @@ def test_several_conds_route_by_uuid(comfy, tiny_dir):
     torch.testing.assert_close(maps.maps[:, 0], b[:, 3])
     with pytest.raises(ValueError, match="no maps for the positive conditioning #2"):
         comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="", cond_index=2)
+
+
+def test_per_step_maps(comfy, tiny_dir):
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, "sd3")
+    patched, probe = patch(comfy, model, keep_steps=True, start_percent=0.0, end_percent=1.0)
+    out = ksample(comfy, patched, pos, neg, latent_node, cfg, steps=3)
+    res = probe.result
+    per = res.step_maps[("positive", 0)]
+    assert sorted(per) == [0, 1, 2]
+    # every step has the same number of calls, so the overall mean is the mean of the step means
+    torch.testing.assert_close(torch.stack([per[s] for s in range(3)]).mean(0), res.maps[("positive", 0)])
+    assert (per[0] - per[2]).abs().max() > 1e-5
+    m1 = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="#2", step=1)[0]
+    torch.testing.assert_close(m1.maps[:, 0], per[1][:, 2])
+    assert m1.meta["steps"] == [1]
+    p1, probe1 = patch(comfy, model)
+    ksample(comfy, p1, pos, neg, latent_node, cfg, steps=3)
+    with pytest.raises(ValueError, match="step 5 was not captured; captured steps: 0, 1, 2"):
+        comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="", step=5)
+    with pytest.raises(ValueError, match="turn on keep_steps"):
+        comfy.run("EnfoqueAttentionMaps", probe=probe1, latent=out, words="", step=0)
