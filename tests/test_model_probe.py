@@ -304,3 +304,44 @@ def test_per_step_maps(comfy, tiny_dir):
         comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="", step=5)
     with pytest.raises(ValueError, match="turn on keep_steps"):
         comfy.run("EnfoqueAttentionMaps", probe=probe1, latent=out, words="", step=0)
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux", "sd15"])
+def test_sdpa_backend_fused_path(comfy, tiny_dir, name, monkeypatch):
+    """On GPUs ComfyUI picks its SDPA backend; there the capture computes the output with the
+    fused kernel SDPA itself uses (plus the LSE). This CPU host defaults to sub-quadratic
+    attention, so the models' module-level backend is switched here as ComfyUI would on a GPU."""
+    import comfy.ldm.flux.math as flux_math
+    import comfy.ldm.modules.attention as attention
+    import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
+
+    for mod in (attention, mmdit, flux_math):
+        monkeypatch.setattr(mod, "optimized_attention", attention.attention_pytorch)
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, name)
+    stock = ksample(comfy, model, pos, neg, latent_node, cfg)["samples"]
+    ref = NaiveReference(pos[0][0].shape[1], (6, 8) if name != "sd15" else (12, 16), joint=name != "sd15")
+    patched, probe = patch(comfy, model)
+    hooks = comfy.submodule("nodes.model_hooks")
+    seen = []
+    real_attend = hooks.attend
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("compute_out") is None)
+        return real_attend(*args, **kwargs)
+
+    monkeypatch.setattr(hooks, "attend", spy)
+    out = ksample(comfy, patched, pos, neg, latent_node, cfg)["samples"]
+    assert seen and all(seen), "the capture did not take the fused route"
+    assert torch.equal(out, stock), "the fused route changed the output"
+    if name == "sd15":
+        return
+    m = model.clone()
+    m.model_options["transformer_options"]["optimized_attention_override"] = ref
+    p2, probe2 = patch(comfy, m)
+    ksample(comfy, p2, pos, neg, latent_node, cfg)
+    # with an override in front the maps come from the chunked route: both routes must agree
+    torch.testing.assert_close(probe.result.maps[("positive", 0)], probe2.result.maps[("positive", 0)],
+                               atol=1e-5, rtol=0)
+    expected = torch.stack(ref.maps).mean(0)
+    got = probe.result.maps[("positive", 0)].flatten(2).transpose(1, 2)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
