@@ -186,3 +186,21 @@ def test_negative_prompt_weights_are_refused_where_attention_cannot_apply_them(c
         comfy.run("KSampler", model=m, seed=1, steps=1, cfg=1.0, sampler_name="euler", scheduler="simple",
                   positive=cond, negative=cond, latent_image=latent, denoise=1.0)
     assert probe.run is None
+
+
+def test_other_encode_nodes(comfy):
+    """CLIPTextEncodeFlux and CLIPTextEncodeSD3 feed each encoder its own text."""
+    c, _ = patched(comfy, tiny_models.clip_flux())
+    cond = comfy.run("CLIPTextEncodeFlux", clip=c, clip_l="an oil painting", t5xxl="a red cat", guidance=3.5)[0]
+    layout = cond[0][1]["enfoque_layout"]
+    assert layout.words == ("a", "red", "cat")  # Flux's context is T5 alone
+    tok = c.tokenizer.t5xxl
+    flat = [t for chunk in c.tokenize("a red cat")["t5xxl"] for t, *_ in chunk]
+    assert [flat[p] for p in layout.spans[1]] == _clip_tokens(tok, "red")
+    c3, _ = patched(comfy, tiny_models.clip_sd3())
+    cond = comfy.run("CLIPTextEncodeSD3", clip=c3, clip_l="a red cat", clip_g="a red cat", t5xxl="a red cat",
+                     empty_padding="none")[0]
+    layout = cond[0][1]["enfoque_layout"]
+    assert layout.words == ("a", "red", "cat")
+    n_clip = 77
+    assert [p for p in layout.spans[2] if p < n_clip] == [3] and any(p >= n_clip for p in layout.spans[2])
