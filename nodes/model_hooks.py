@@ -59,6 +59,7 @@ class ProbeConfig:
     capture_negative: bool = False
     capture_words: tuple[str, ...] = ()
     keep_steps: bool = False
+    keep_blocks: bool = False
     budget_mb: float = 1024.0
 
 
@@ -119,6 +120,7 @@ class ProbeResult:
 
     maps: dict[tuple[str, int], torch.Tensor]
     step_maps: dict[tuple[str, int], dict[int, torch.Tensor]]  # per step, with keep_steps
+    block_maps: dict[tuple[str, int], dict[int, torch.Tensor]]  # per block, with keep_blocks
     routes: dict[tuple[str, int], Route]
     grid: tuple[int, int]
     steps: int
@@ -183,7 +185,8 @@ class ModelProbe(Shared):
             return
         gh, gw = self.grid_for(latent_shape[-2], latent_shape[-1])
         tokens = sum(len(r.columns) for r in routes.values() if r.role == "positive" or cfg.capture_negative)
-        need = latent_shape[0] * tokens * gh * gw * 4 * (1 + (steps if cfg.keep_steps else 0))
+        copies = 1 + (steps if cfg.keep_steps else 0) + (self.selected_blocks() if cfg.keep_blocks else 0)
+        need = latent_shape[0] * tokens * gh * gw * 4 * copies
         budget = cfg.budget_mb * 2**20
         if need > budget:
             raise ValueError(
@@ -224,9 +227,11 @@ class ModelProbe(Shared):
         by_key = {(r.role, r.index): r for r in run.routes.values()}
         maps = {k: run.acc.mean(k) for k in run.acc.records}
         step_maps = {k: run.acc.step_means(k) for k in run.acc.records} if self.config.keep_steps else {}
+        block_maps = {k: run.acc.block_means(k) for k in run.acc.records} if self.config.keep_blocks else {}
         self.result = ProbeResult(
             maps=maps,
             step_maps=step_maps,
+            block_maps=block_maps,
             routes={k: by_key[k] for k in maps},
             grid=run.acc.grid,
             steps=run.step + 1,
@@ -298,8 +303,13 @@ class ModelProbe(Shared):
         grid = self.grid_for(x.shape[-2], x.shape[-1])
         if run.acc is None:
             cfg = self.config
-            run.acc = MapAccumulator(grid, keep_steps=cfg.keep_steps, budget_bytes=int(cfg.budget_mb * 2**20))
+            run.acc = MapAccumulator(grid, keep_steps=cfg.keep_steps, keep_blocks=cfg.keep_blocks,
+                                     budget_bytes=int(cfg.budget_mb * 2**20))
         return CallState(active=active, step=run.step, grid=grid, capture=not run.guidance)
+
+    def selected_blocks(self) -> int:
+        blocks = self.config.blocks
+        return self.n_blocks if blocks is None else len(blocks)
 
     def wants_block(self, index: int) -> bool:
         blocks = self.config.blocks

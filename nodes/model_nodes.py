@@ -49,6 +49,17 @@ def word_spans(layout, columns: list[int], query: str, node: str) -> tuple[list[
     return labels, spans
 
 
+def pick_one(node: str, kind: str, index: int, kept: bool, per: dict):
+    """The map of one step or one block, with errors a user can act on."""
+    if not kept:
+        raise ValueError(f"{node}: {kind} {index} needs per-{kind} maps; turn on keep_{kind}s on EnfoquePatchModel "
+                         f"(or use {kind} -1 for the mean)")
+    if index not in per:
+        raise ValueError(f"{node}: {kind} {index} was not captured; captured {kind}s: "
+                         f"{', '.join(map(str, sorted(per))) or 'none'} (or -1 for the mean)")
+    return per[index]
+
+
 class EnfoquePatchModel(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -81,13 +92,17 @@ class EnfoquePatchModel(io.ComfyNode):
                 io.Boolean.Input("keep_steps", default=False, optional=True,
                                  tooltip="Also keep one map per sampling step (EnfoqueAttentionMaps' step input); "
                                  "each step costs as much memory as the mean, within budget_mb."),
+                io.Boolean.Input("keep_blocks", default=False, optional=True,
+                                 tooltip="Also keep one map per block (EnfoqueAttentionMaps' block input); "
+                                 "each block costs as much memory as the mean, within budget_mb."),
             ],
             outputs=[io.Model.Output(), Probe.Output(display_name="probe")],
         )
 
     @classmethod
     def execute(cls, model, capture, reweight, blocks, start_percent, end_percent,
-                capture_negative=False, capture_words="", budget_mb=1024.0, keep_steps=False) -> io.NodeOutput:
+                capture_negative=False, capture_words="", budget_mb=1024.0, keep_steps=False,
+                keep_blocks=False) -> io.NodeOutput:
         node = "EnfoquePatchModel"
         if reweight not in ("off", "bias", "scale"):
             raise ValueError(f"{node}: reweight {reweight!r} is not one of off, bias, scale")
@@ -106,7 +121,8 @@ class EnfoquePatchModel(io.ComfyNode):
         config = ProbeConfig(capture=bool(capture), reweight=reweight, blocks=selected,
                              start_percent=float(start_percent), end_percent=float(end_percent),
                              capture_negative=bool(capture_negative), capture_words=words,
-                             budget_mb=float(budget_mb), keep_steps=bool(keep_steps))
+                             budget_mb=float(budget_mb), keep_steps=bool(keep_steps),
+                             keep_blocks=bool(keep_blocks))
         patched, probe = install(model, config)
         return io.NodeOutput(patched, probe)
 
@@ -130,12 +146,15 @@ class EnfoqueAttentionMaps(io.ComfyNode):
                 io.Int.Input("step", default=-1, min=-1, max=10000, optional=True,
                              tooltip="-1 = mean over the step window; k = the map of sampling step k "
                              "(needs keep_steps on EnfoquePatchModel)."),
+                io.Int.Input("block", default=-1, min=-1, max=1000, optional=True,
+                             tooltip="-1 = mean over the blocks; k = the map of block k alone "
+                             "(needs keep_blocks on EnfoquePatchModel; not together with step)."),
             ],
             outputs=[Maps.Output(display_name="maps")],
         )
 
     @classmethod
-    def execute(cls, probe, latent, words, prompt="positive", cond_index=0, step=-1) -> io.NodeOutput:
+    def execute(cls, probe, latent, words, prompt="positive", cond_index=0, step=-1, block=-1) -> io.NodeOutput:
         node = "EnfoqueAttentionMaps"
         if not isinstance(probe, ModelProbe):
             raise ValueError(f"{node}: the probe must come from EnfoquePatchModel")
@@ -167,15 +186,15 @@ class EnfoqueAttentionMaps(io.ComfyNode):
         route = res.routes[key]
         token_maps = res.maps[key]
         steps = res.active_steps
-        if step is not None and int(step) >= 0:
-            if not probe.config.keep_steps:
-                raise ValueError(f"{node}: step {step} needs per-step maps; turn on keep_steps on EnfoquePatchModel "
-                                 "(or use step -1 for the mean)")
+        if int(step) >= 0 and int(block) >= 0:
+            raise ValueError(f"{node}: choose a step or a block, not both (set one of them to -1)")
+        if int(step) >= 0:
             per_step = res.step_maps.get(key, {})
-            if int(step) not in per_step:
-                raise ValueError(f"{node}: step {step} was not captured; captured steps: "
-                                 f"{', '.join(map(str, sorted(per_step))) or 'none'} (or -1 for the mean)")
-            token_maps, steps = per_step[int(step)], [int(step)]
+            token_maps, steps = pick_one(node, "step", int(step), probe.config.keep_steps, per_step), [int(step)]
+        blocks = res.blocks
+        if int(block) >= 0:
+            per_block = res.block_maps.get(key, {})
+            token_maps, blocks = pick_one(node, "block", int(block), probe.config.keep_blocks, per_block), [int(block)]
         labels, spans = word_spans(route.layout, route.columns, words, node)
         maps = pool_tokens(token_maps, spans, words=labels)
         lh, lw = (shape[-2], shape[-1]) if shape is not None else res.grid
@@ -187,7 +206,7 @@ class EnfoqueAttentionMaps(io.ComfyNode):
             "context_positions": [[route.columns[i] for i in s] for s in spans],
             "token_spans": route.layout.encoder_spans,
             "labelled": route.layout.labelled,
-            "blocks": res.blocks,
+            "blocks": blocks,
             "steps": steps,
             "sigma_window": [probe.config.start_percent, probe.config.end_percent],
             "reweight": probe.config.reweight,

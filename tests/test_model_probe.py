@@ -345,3 +345,23 @@ def test_sdpa_backend_fused_path(comfy, tiny_dir, name, monkeypatch):
     expected = torch.stack(ref.maps).mean(0)
     got = probe.result.maps[("positive", 0)].flatten(2).transpose(1, 2)
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_per_block_maps(comfy, tiny_dir):
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, "flux")
+    patched, probe = patch(comfy, model, keep_blocks=True)
+    out = ksample(comfy, patched, pos, neg, latent_node, cfg, steps=2)
+    res = probe.result
+    per = res.block_maps[("positive", 0)]
+    assert sorted(per) == res.blocks == [0, 1]
+    torch.testing.assert_close(torch.stack([per[b] for b in res.blocks]).mean(0), res.maps[("positive", 0)])
+    only = patch(comfy, model, blocks="1")
+    ksample(comfy, only[0], pos, neg, latent_node, cfg, steps=2)
+    torch.testing.assert_close(per[1], only[1].result.maps[("positive", 0)], atol=1e-6, rtol=0)
+    m = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="#4", block=1)[0]
+    torch.testing.assert_close(m.maps[:, 0], per[1][:, 4])
+    assert m.meta["blocks"] == [1]
+    with pytest.raises(ValueError, match="choose a step or a block, not both"):
+        comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="", block=1, step=0)
+    with pytest.raises(ValueError, match="block 7 was not captured; captured blocks: 0, 1"):
+        comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="", block=7)
