@@ -123,7 +123,6 @@ class ProbeResult:
     block_maps: dict[tuple[str, int], dict[int, torch.Tensor]]  # per block, with keep_blocks
     routes: dict[tuple[str, int], Route]
     grid: tuple[int, int]
-    steps: int
     active_steps: list[int]
     blocks: list[int]
     run: int
@@ -234,7 +233,6 @@ class ModelProbe(Shared):
             block_maps=block_maps,
             routes={k: by_key[k] for k in maps},
             grid=run.acc.grid,
-            steps=run.step + 1,
             active_steps=sorted(run.active_steps),
             blocks=sorted(run.blocks_seen),
             run=self.runs,

@@ -19,27 +19,28 @@ cache=${XDG_CACHE_HOME:-$HOME/.cache}/enfoque
 say() { echo "setup: $*"; }
 
 # 1. ComfyUI
-resolve_comfy() {
-  if [[ -n ${COMFYUI_PATH:-} ]]; then
-    if [[ -f $COMFYUI_PATH/comfy/model_management.py ]]; then
-      echo "$COMFYUI_PATH"; return 0
-    fi
-    say "COMFYUI_PATH=$COMFYUI_PATH is not a ComfyUI checkout; ignoring it" >&2
+COMFY_OLDEST_COMMIT=a125cd84b054a57729b5eecab930ca9408719832
+# resolve_host VAR COMMIT: the checkout named by $VAR, else the cache, else a clone at COMMIT
+resolve_host() {
+  local var=$1 commit=$2 given=${!1:-}
+  if [[ -n $given ]]; then
+    if [[ -f $given/comfy/model_management.py ]]; then echo "$given"; return 0; fi
+    say "$var=$given is not a ComfyUI checkout; ignoring it" >&2
   fi
-  local c=$cache/comfyui-$COMFY_COMMIT
+  local c=$cache/comfyui-$commit
   if [[ -f $c/comfy/model_management.py ]]; then echo "$c"; return 0; fi
   if command -v git >/dev/null 2>&1; then
-    local tmp=$cache/.clone-$$
+    local tmp=$cache/.clone-$commit-$$
     mkdir -p "$cache"
     if timeout 300 git clone -q --filter=blob:none "$COMFY_URL" "$tmp" >/dev/null 2>&1 \
-      && git -C "$tmp" checkout -q "$COMFY_COMMIT" >/dev/null 2>&1; then
+      && git -C "$tmp" checkout -q "$commit" >/dev/null 2>&1; then
       mv "$tmp" "$c"; echo "$c"; return 0
     fi
     rm -rf "$tmp"
   fi
   return 1
 }
-if comfy=$(resolve_comfy); then
+if comfy=$(resolve_host COMFYUI_PATH "$COMFY_COMMIT"); then
   say "ComfyUI host: $comfy"
 else
   comfy=""
@@ -73,26 +74,7 @@ else
 fi
 
 # 3. the oldest supported host (ComfyUI 0.3.64) for tests/test_oldest_host.py
-COMFY_OLDEST_COMMIT=a125cd84b054a57729b5eecab930ca9408719832
-resolve_oldest() {
-  if [[ -n ${COMFYUI_OLDEST_PATH:-} ]]; then
-    if [[ -f $COMFYUI_OLDEST_PATH/comfy/model_management.py ]]; then echo "$COMFYUI_OLDEST_PATH"; return 0; fi
-    say "COMFYUI_OLDEST_PATH=$COMFYUI_OLDEST_PATH is not a ComfyUI checkout; ignoring it" >&2
-  fi
-  local c=$cache/comfyui-$COMFY_OLDEST_COMMIT
-  if [[ -f $c/comfy/model_management.py ]]; then echo "$c"; return 0; fi
-  if command -v git >/dev/null 2>&1; then
-    local tmp=$cache/.clone-oldest-$$
-    mkdir -p "$cache"
-    if timeout 300 git clone -q --filter=blob:none "$COMFY_URL" "$tmp" >/dev/null 2>&1 \
-      && git -C "$tmp" checkout -q "$COMFY_OLDEST_COMMIT" >/dev/null 2>&1; then
-      mv "$tmp" "$c"; echo "$c"; return 0
-    fi
-    rm -rf "$tmp"
-  fi
-  return 1
-}
-if oldest=$(resolve_oldest); then
+if oldest=$(resolve_host COMFYUI_OLDEST_PATH "$COMFY_OLDEST_COMMIT"); then
   say "oldest supported host (ComfyUI 0.3.64): $oldest"
   printf '%s\n' "$oldest" >"$venv/.comfyui-oldest-path"
 else
