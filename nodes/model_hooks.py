@@ -109,6 +109,7 @@ class RunRecord:
     plans: dict[tuple, Plan | None] = field(default_factory=dict)
     blocks_seen: set[int] = field(default_factory=set)
     active_steps: set[int] = field(default_factory=set)
+    step_sigmas: dict[int, float] = field(default_factory=dict)  # the sigma of each step
     batch: int = 0
     batch_calls: int | None = None  # calc_cond_batch calls in the current noise prediction
     guidance: bool = False  # inside a guidance pass
@@ -127,6 +128,7 @@ class ProbeResult:
     blocks: list[int]
     run: int
     batch: int = 0  # images in the run (the latent's batch)
+    step_sigmas: dict[int, float] = field(default_factory=dict)  # step -> its sigma
 
 
 MAX_RESULTS = 4  # finished runs kept per probe, one per latent shape (e.g. both passes of a hires fix)
@@ -237,6 +239,7 @@ class ModelProbe(Shared):
             blocks=sorted(run.blocks_seen),
             run=self.runs,
             batch=run.batch,
+            step_sigmas={k: run.step_sigmas[k] for k in sorted(run.active_steps) if k in run.step_sigmas},
         )
         kept = [r for r in self.results if (r.batch, r.grid) != (self.result.batch, self.result.grid)]
         self.results = [*kept, self.result][-MAX_RESULTS:]
@@ -295,6 +298,7 @@ class ModelProbe(Shared):
         if s != run.last_sigma:
             run.step += 1
             run.last_sigma = s
+            run.step_sigmas[run.step] = s
         active = run.sigma_lo <= s <= run.sigma_hi
         if active:
             run.active_steps.add(run.step)
