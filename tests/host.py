@@ -38,6 +38,17 @@ NO_HOST_REASON = (
 )
 
 
+def how_to_provide_a_host() -> list[str]:
+    """Lines saying how to give the tests a host, for the summary of a run without one."""
+    cache = _cache_dir() / f"comfyui-{COMFY_COMMIT}"
+    return [
+        f"To run them, provide a ComfyUI checkout (ideally at {COMFY_COMMIT[:12]}, ComfyUI 0.8.0), one of:",
+        "  - COMFYUI_PATH=/path/to/ComfyUI make test",
+        f"  - a checkout at {cache}",
+        "  - network access for `make test` (tools/setup.sh then clones it there)",
+    ]
+
+
 # --------------------------------------------------------------------------- locating ComfyUI
 
 
@@ -45,19 +56,27 @@ def _is_checkout(p: Path | None) -> bool:
     return p is not None and (p / "comfy" / "model_management.py").is_file() and (p / "nodes.py").is_file()
 
 
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "enfoque"
+
+
+def venv_dir() -> Path:
+    """The venv tools/setup.sh builds and records the host in: ``ENFOQUE_VENV``, else ``.venv``."""
+    return Path(os.environ.get("ENFOQUE_VENV") or REPO_ROOT / ".venv").expanduser()
+
+
 def find_comfyui() -> Path | None:
-    """COMFYUI_PATH, else the path setup wrote to .venv/.comfyui-path, else the
+    """COMFYUI_PATH, else the path setup wrote to ``<venv>/.comfyui-path`` (see ``venv_dir``), else the
     per-user cache ``${XDG_CACHE_HOME:-~/.cache}/enfoque/comfyui-<commit>``."""
     candidates: list[Path] = []
     if os.environ.get("COMFYUI_PATH"):
         candidates.append(Path(os.environ["COMFYUI_PATH"]).expanduser())
-    written = REPO_ROOT / ".venv" / ".comfyui-path"
+    written = venv_dir() / ".comfyui-path"
     if written.is_file():
         text = written.read_text().strip()
         if text:
             candidates.append(Path(text).expanduser())
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    candidates.append(cache / "enfoque" / f"comfyui-{COMFY_COMMIT}")
+    candidates.append(_cache_dir() / f"comfyui-{COMFY_COMMIT}")
     for c in candidates:
         if _is_checkout(c):
             return c.resolve()
