@@ -71,6 +71,35 @@ class TokenLayout:
                 hits.extend(range(i, i + len(q)))
         return hits
 
+    def fitted(self, length: int) -> TokenLayout:
+        """This layout on a context of ``length`` positions, as a conditioning carries it into sampling.
+
+        Longer (ConditioningConcat, a style model's tokens appended): the positions past the
+        layout become words of their own labelled by position (``#80``), with no weight. Shorter
+        (a trimmed context): words and weights past its end are dropped.
+        """
+        if length == self.context_length:
+            return self
+        if length > self.context_length:
+            extra = range(self.context_length, length)
+            return replace(
+                self,
+                words=self.words + tuple(f"#{p}" for p in extra),
+                spans=self.spans + tuple((p,) for p in extra),
+                context_length=length,
+                encoder_spans={k: [*v, *([] for _ in extra)] for k, v in self.encoder_spans.items()},
+            )
+        keep = [i for i, s in enumerate(self.spans) if any(p < length for p in s)]
+        return replace(
+            self,
+            words=tuple(self.words[i] for i in keep),
+            spans=tuple(tuple(p for p in self.spans[i] if p < length) for i in keep),
+            context_length=length,
+            weights={p: w for p, w in self.weights.items() if p < length},
+            encoder_spans={k: [v[i] for i in keep] for k, v in self.encoder_spans.items()},
+            special=tuple(p for p in self.special if p < length),
+        )
+
     def with_weights(self, weights: dict[int, float]) -> TokenLayout:
         merged = dict(self.weights)
         merged.update(weights)
@@ -151,17 +180,17 @@ def parse_word_weights(text: str, node: str = "EnfoqueTokenWeights") -> list[tup
 
 # -- building a layout from the tokens an encode sees ------------------------------
 
-_PUNCT = "".join(ch for ch in map(chr, range(33, 127)) if not ch.isalnum())
-
-
 @dataclass(frozen=True)
 class Stream:
     """One encoder's tokens as ComfyUI hands them to ``encode_token_weights``.
 
     ``chunks`` are lists of ``(token, weight[, word_id])``; a token is an int or an
     embedding tensor. ``pieces`` turns an int token into its vocabulary string.
-    ``kind`` is "bpe" (CLIP: a word ends with ``</w>``) or "sentencepiece" (T5: a
-    word starts with ``▁``).
+    ``kind`` is "bpe" (CLIP: a piece ends with ``</w>``) or "sentencepiece" (T5: a
+    word starts with ``▁``). ``text_words``, where the prompt text is known, gives the
+    token ids of each whitespace-separated word of that text, in order, as this
+    encoder's tokenizer splits them: the word boundaries CLIP's tokens alone do not
+    keep ("3.5kg" and "3 . 5 kg" tokenize alike).
     """
 
     key: str
@@ -170,13 +199,19 @@ class Stream:
     kind: str
     start: int | None
     end: int | None
+    text_words: tuple[tuple[int, ...], ...] | None = None
 
 
 @dataclass
 class _Word:
     text: str
     tokens: list[int]  # flat indices into the stream
-    weight: float
+    weights: list[float]  # the stream's weight of each of those tokens
+
+    @property
+    def weight(self) -> float:
+        """The weight furthest from 1 (what the word was given in the prompt)."""
+        return max(self.weights, key=lambda x: abs(x - 1.0), default=1.0)
 
 
 def _content(stream: Stream) -> list[tuple[int, object, float, int]]:
@@ -205,47 +240,118 @@ def stream_length(stream: Stream) -> int:
     return sum(len(c) for c in stream.chunks)
 
 
-def _words(stream: Stream) -> list[_Word]:
-    words: list[_Word] = []
-    current: _Word | None = None
-    last_embed_id = None
-    for i, tok, w, wid in _content(stream):
-        if not isinstance(tok, int):  # a textual-inversion embedding vector
-            if current is not None and last_embed_id == (wid if wid != -1 else "run"):
-                current.tokens.append(i)
+def bare_piece(piece: str) -> str:
+    """A vocabulary piece without its word markers (``</w>``, ``▁``)."""
+    return piece.replace("</w>", "").replace("▁", "")
+
+
+def _alnum(text: str) -> bool:
+    return any(ch.isalnum() for ch in text)
+
+
+# pieces CLIP's pre-tokenizer splits off a word ("don't" -> don, 't); they join the word before them
+_CONTRACTIONS = frozenset({"'s", "'t", "'re", "'ve", "'m", "'ll", "'d"})
+
+
+def _groups_from_text(stream: Stream, content: list) -> list[list[int]] | None:
+    """Indices into ``content`` grouped by the prompt's whitespace words; None unless the
+    text's words, tokenized one by one, give exactly the stream's tokens."""
+    if stream.text_words is None or any(not isinstance(c[1], int) for c in content):
+        return None
+    ids = [c[1] for c in content]
+    groups: list[list[int]] = []
+    i = 0
+    for word in stream.text_words:
+        n = len(word)
+        if n == 0:
+            continue
+        if list(word) != ids[i : i + n]:
+            return None
+        groups.append(list(range(i, i + n)))
+        i += n
+    return groups if i == len(ids) else None
+
+
+def words_from_text(stream: Stream) -> bool:
+    """Whether this stream's words come from its prompt text (else from its tokens alone)."""
+    return _groups_from_text(stream, _content(stream)) is not None
+
+
+def _digit_end(text: str) -> bool:
+    return bool(text) and text[-1].isdigit()
+
+
+def _groups_from_pieces(stream: Stream, content: list) -> list[list[int]]:
+    """Word groups from the tokens alone (no text known). T5 marks every word start with ``▁``, so its
+    groups are the text's words. CLIP's ``</w>`` ends each pre-tokenizer piece, not each word: pieces
+    of one word are re-joined where the text almost surely had no space (a contraction such as "'t",
+    the digits of a number, "3.5")."""
+    groups: list[list[int]] = []
+    bares = [bare_piece(stream.pieces.get(c[1], "")) if isinstance(c[1], int) else "" for c in content]
+    last_embed = None
+    for k, (_, tok, _, wid) in enumerate(content):
+        if not isinstance(tok, int):  # a textual-inversion embedding vector: one word per embedding
+            key = wid if wid != -1 else "run"
+            if groups and last_embed == key:
+                groups[-1].append(k)
             else:
-                current = _Word("embedding", [i], w)
-                words.append(current)
-            last_embed_id = wid if wid != -1 else "run"
+                groups.append([k])
+            last_embed = key
             continue
-        last_embed_id = None
+        joined_embedding = last_embed is not None
+        last_embed = None
         piece = stream.pieces.get(tok, "")
-        bare = piece.replace("</w>", "").replace("▁", "")
-        if bare and not any(ch.isalnum() for ch in bare):
-            words.append(_Word(bare, [i], w))  # punctuation: a word of its own, dropped below
-            current = None
+        bare = bares[k]
+        if not groups or joined_embedding:
+            groups.append([k])
             continue
+        prev = groups[-1][-1]
+        prev_piece = stream.pieces.get(content[prev][1], "") if isinstance(content[prev][1], int) else ""
+        prev_bare = bares[prev]
         if stream.kind == "bpe":
-            starts = current is None or current.text.endswith("</w>")
+            nxt = bares[k + 1] if k + 1 < len(content) else ""
+            join = (
+                not prev_piece.endswith("</w>")
+                or (bare.lower() in _CONTRACTIONS and _alnum(prev_bare))
+                or (bare.isdigit() and _digit_end(prev_bare))
+                or (bare in (".", ",") and _digit_end(prev_bare) and nxt[:1].isdigit())
+                or (bare[:1].isdigit() and prev_bare in (".", ",") and len(groups[-1]) > 1)
+            )
         else:
-            starts = current is None or piece.startswith("▁")
-        if starts or current.text == "embedding":
-            current = _Word(piece, [i], w)
-            words.append(current)
+            join = not piece.startswith("▁")
+        if join:
+            groups[-1].append(k)
         else:
-            current.text += piece
-            current.tokens.append(i)
-            current.weight = max(current.weight, w, key=lambda x: abs(x - 1.0))
-    for wd in words:
-        wd.text = wd.text.replace("</w>", "").replace("▁", "").strip()
-    # split sentencepiece words on punctuation so "cat," and "red-fur" read like CLIP's words
+            groups.append([k])
+    return groups
+
+
+def _words(stream: Stream) -> list[_Word]:
+    """The prompt's words in this stream: the text's whitespace words where the text is known, else
+    word groups read from the tokens. Punctuation at either end of a word belongs to no word
+    ("cat," is "cat"); inside it stays ("3.5kg", "don't"); a word of punctuation alone ("'", ",")
+    is no word. Labels are the encoder's own pieces joined (CLIP lower-cases)."""
+    content = _content(stream)
+    groups = _groups_from_text(stream, content)
+    if groups is None:
+        groups = _groups_from_pieces(stream, content)
     out: list[_Word] = []
-    for wd in words:
-        parts = [p for p in re.split(r"[^\w']+", wd.text) if p] if wd.text != "embedding" else [wd.text]
-        if not parts:
+    for g in groups:
+        if not isinstance(content[g[0]][1], int):
+            out.append(_Word("embedding", [content[k][0] for k in g], [content[k][2] for k in g]))
             continue
-        for p in parts:
-            out.append(_Word(p, list(wd.tokens), wd.weight))
+        bares = [bare_piece(stream.pieces.get(content[k][1], "")) for k in g]
+        edge = [bool(b) and not _alnum(b) for b in bares]  # punctuation pieces
+        lo, hi = 0, len(g)
+        while lo < hi and edge[lo]:
+            lo += 1
+        while hi > lo and edge[hi - 1]:
+            hi -= 1
+        text = "".join(bares[lo:hi]).strip()
+        if not _alnum(text):
+            continue
+        core = g[lo:hi]
+        out.append(_Word(text, [content[k][0] for k in core], [content[k][2] for k in core]))
     return out
 
 
@@ -355,12 +461,12 @@ def build_layout(streams: list[Stream], context_length: int, in_context: dict[st
             i = mapping[j]
             enc[i].extend(t for t in wd.tokens if t not in enc[i])
             if s.key in in_context:
-                for t in wd.tokens:
+                for t, w in zip(wd.tokens, wd.weights, strict=True):
                     pos = in_context[s.key] + t
                     if pos < context_length and pos not in spans[i]:
                         spans[i].append(pos)
-                        if wd.weight != 1.0:
-                            weights[pos] = wd.weight
+                        if w != 1.0:
+                            weights[pos] = w
         enc_spans[s.key] = enc
     keep = [i for i, s in enumerate(spans) if s]
     specials = set(range(context_length)) - {p for i in keep for p in spans[i]}

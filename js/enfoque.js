@@ -442,16 +442,40 @@ function renderWeightChips(node) {
   redraw(node);
 }
 
+// The model family the graph names upstream (an encode node of one family, or a CLIP loader's `type`), so that
+// /enfoque/tokenize splits words as that family's encode will (T5 and CLIP for Flux and SD3); null if unknown.
+const ENCODE_FAMILY = { CLIPTextEncodeFlux: "flux", CLIPTextEncodeSD3: "sd3", CLIPTextEncodeSDXL: "sdxl",
+  CLIPTextEncodeSDXLRefiner: "sdxl", TripleCLIPLoader: "sd3" };
+const LOADER_FAMILY = { stable_diffusion: "sd15", sdxl: "sdxl", sd3: "sd3", flux: "flux" };
+
+function upstreamFamily(node, depth = 0, seen = new Set()) {
+  if (!node || depth > 16 || seen.has(node)) return null;
+  seen.add(node);
+  if (ENCODE_FAMILY[node.comfyClass]) return ENCODE_FAMILY[node.comfyClass];
+  if (/CLIPLoader/.test(node.comfyClass ?? "")) {
+    const type = node.widgets?.find((x) => x.name === "type")?.value;
+    return LOADER_FAMILY[type] ?? null;
+  }
+  const inputs = node.inputs ?? [];
+  for (let i = 0; i < inputs.length; i++) {
+    if (inputs[i].link == null) continue;
+    const family = upstreamFamily(node.getInputNode?.(i), depth + 1, seen);
+    if (family) return family;
+  }
+  return null;
+}
+
 async function fetchWords(node, text) {
   const s = weightState(node);
   const seq = ++s.seq;
   let words = [];
   let error = null;
   try {
+    const family = upstreamFamily(node);
     const res = await api.fetchApi("/enfoque/tokenize", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ text }),
+      body: JSON.stringify(family ? { text, family } : { text }),
     });
     const body = await res.json().catch(() => ({}));
     if (!res.ok) error = body.error || `HTTP ${res.status}`;

@@ -6,6 +6,12 @@ patches (restored by ComfyUI on unpatch): the top-level ``encode_token_weights``
 (it sees every encoder's tokens and weights, and may return extra conditioning
 keys) and each self-attention module's ``forward`` (it wraps the attention
 function ComfyUI passes down).
+
+Word boundaries: CLIP's tokens do not keep them ("3.5kg" and "3 . 5 kg" give the
+same tokens), so the clone's tokenizer is a `TextTokenizer`, which calls the
+shared tokenizer as is and remembers, for the token lists it returns, the prompt
+text's words tokenized one by one with ComfyUI's own prompt parser. The original
+CLIP's tokenizer is not touched.
 """
 
 from __future__ import annotations
@@ -14,14 +20,23 @@ import inspect
 import logging
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import comfy.ldm.modules.attention as comfy_attention
+import comfy.sd1_clip as sd1_clip
 import torch
 
 from ..attention.engine import Capture, Reweight, attend
-from ..attention.tokens import LAYOUT_KEY, Stream, TokenLayout, build_layout, context_offsets, stream_length
-from .model_hooks import Shared
+from ..attention.tokens import (
+    LAYOUT_KEY,
+    Stream,
+    TokenLayout,
+    build_layout,
+    context_offsets,
+    stream_length,
+    words_from_text,
+)
+from .probe_types import Shared
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +46,7 @@ ATTENTION_CLASSES = ("CLIPAttention", "T5Attention")
 _PYTORCH = {comfy_attention.attention_pytorch,
             getattr(comfy_attention.attention_pytorch, "__wrapped__", comfy_attention.attention_pytorch)}
 MAX_RECORDS = 8
+MAX_TEXTS = 64  # token lists whose prompt text a TextTokenizer remembers
 # token x token maps of one encode, all encoders and layers together; an encoder whose maps would not
 # fit (a prompt of thousands of T5 tokens) is encoded as usual but not captured
 TEXT_CAPTURE_BYTES = 256 * 2**20
@@ -90,6 +106,9 @@ class EncodeState:
                 n = min(rows, w.shape[0])
                 full[:n] = w[:n]
                 rw = Reweight.build(full.to(device), "bias")
+            elif w is not None:
+                log.warning("Enfoque: %s: the prompt's weights cover %d tokens but its attention has %d keys; the "
+                            "weights are not applied in this encoder's attention", key, w.shape[1], length)
             self.reweights[cache_key] = rw
         return self.reweights[cache_key]
 
@@ -105,6 +124,19 @@ class ClipProbe(Shared):
         self.state: EncodeState | None = None
         self.records: OrderedDict[str, TextRecord] = OrderedDict()
         self.layers: dict[str, int] = {}  # attention layers per encoder
+        # id(token list) -> (that list, its text's words as token ids), newest last
+        self.texts: OrderedDict[int, tuple[list, tuple[tuple[int, ...], ...]]] = OrderedDict()
+
+    def remember_text(self, chunks: list, words: tuple[tuple[int, ...], ...]) -> None:
+        self.texts[id(chunks)] = (chunks, words)
+        self.texts.move_to_end(id(chunks))
+        while len(self.texts) > MAX_TEXTS:
+            self.texts.popitem(last=False)
+
+    def text_words(self, chunks) -> tuple[tuple[int, ...], ...] | None:
+        """The text words of a token list this probe's tokenizer returned (the very same list object)."""
+        hit = self.texts.get(id(chunks))
+        return hit[1] if hit is not None and hit[0] is chunks else None
 
     def keep(self, record: TextRecord) -> str:
         rid = uuid.uuid4().hex
@@ -118,10 +150,93 @@ def _sub_tokenizer(tokenizer, attr: str, key: str):
     return getattr(tokenizer, attr, None) or getattr(tokenizer, key, None)
 
 
-def _stream(key: str, chunks: list, tok) -> Stream:
+def _stream(key: str, chunks: list, tok, text_words=None) -> Stream:
     kind = "sentencepiece" if key.startswith("t5") else "bpe"
     return Stream(key=key, chunks=chunks, pieces=tok.inv_vocab, kind=kind,
-                  start=getattr(tok, "start_token", None), end=getattr(tok, "end_token", None))
+                  start=getattr(tok, "start_token", None), end=getattr(tok, "end_token", None),
+                  text_words=text_words)
+
+
+def text_word_ids(tok, text: str, disable_weights: bool = False) -> tuple[tuple[int, ...], ...] | None:
+    """The token ids of each whitespace word of ``text``, as ``tok`` (a ComfyUI SDTokenizer) tokenizes a
+    prompt: ComfyUI's own parser takes the ``(word:1.2)`` syntax and escapes apart, then each word of each
+    weighted segment is tokenized alone. None where this cannot follow ComfyUI (embeddings, another
+    tokenizer class); the layout then reads word groups from the tokens."""
+    inner = getattr(tok, "tokenizer", None)
+    start = getattr(tok, "tokens_start", None)
+    if not callable(inner) or start is None or not isinstance(text, str):
+        return None
+    ident = getattr(tok, "embedding_identifier", "embedding:")
+    if ident and ident in text:
+        return None
+    end = -1 if getattr(tok, "tokenizer_adds_end_token", True) else None
+    if disable_weights or getattr(tok, "disable_weights", False):
+        segments = [text]
+    else:
+        segments = [seg for seg, _ in sd1_clip.token_weights(sd1_clip.escape_important(text), 1.0)]
+    cache: dict[str, tuple[int, ...]] = {}
+    out = []
+    for seg in segments:
+        for word in sd1_clip.unescape_important(seg).split():
+            if word not in cache:
+                ids = inner(word)["input_ids"]
+                cache[word] = tuple(int(t) for t in ids[start:end])
+            out.append(cache[word])
+    return tuple(out)
+
+
+class TextTokenizer(Shared):
+    """The patched CLIP's tokenizer: the shared one, called as is, plus the text of what it tokenized."""
+
+    def __init__(self, inner, probe: ClipProbe) -> None:
+        self.inner, self.probe = inner, probe
+
+    def __getattr__(self, name):  # everything else is the wrapped tokenizer's (clip_l, untokenize, ...)
+        if name in ("inner", "probe"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def tokenize_with_weights(self, text, return_word_ids=False, **kwargs):
+        out = self.inner.tokenize_with_weights(text, return_word_ids, **kwargs)
+        if isinstance(out, dict):
+            for key, attr in ENCODERS:
+                chunks, tok = out.get(key), _sub_tokenizer(self.inner, attr, key)
+                if isinstance(chunks, list) and tok is not None:
+                    words = text_word_ids(tok, text, bool(kwargs.get("disable_weights", False)))
+                    if words is not None:
+                        self.probe.remember_text(chunks, words)
+        return out
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+
+def token_streams(tokens, tokenizer, present: set[str] | None, probe: ClipProbe | None = None,
+                  text: str | None = None) -> list[Stream]:
+    """The encoder streams of ``tokens`` (what a tokenizer returned) that reach the model's encoders, with
+    the words of their text: ``text`` itself, or what ``probe``'s tokenizer remembers of these tokens."""
+    streams = []
+    for key, attr in ENCODERS:
+        if present is not None and key not in present:
+            continue
+        chunks = tokens.get(key) if isinstance(tokens, dict) else None
+        tok = _sub_tokenizer(tokenizer, attr, key)
+        if chunks and tok is not None and hasattr(tok, "inv_vocab"):
+            if text is not None:
+                words = text_word_ids(tok, text)
+            else:
+                words = probe.text_words(chunks) if probe is not None else None
+            streams.append(_stream(key, chunks, tok, words))
+    return streams
+
+
+def layout_of(streams: list[Stream], context_length: int) -> TokenLayout | None:
+    """The token layout of an encode whose conditioning has ``context_length`` positions; None when the
+    streams fit no known arrangement of the context."""
+    offsets = context_offsets({s.key: stream_length(s) for s in streams}, context_length)
+    if offsets is None:
+        return None
+    return build_layout(streams, context_length, offsets)
 
 
 def _labels(stream: Stream) -> list[str]:
@@ -151,14 +266,13 @@ class EncodeTokenWeights(Shared):
 
     def __call__(self, token_weight_pairs):
         probe = self.probe
-        streams = []
-        for key, attr in ENCODERS:
-            if self.present is not None and key not in self.present:
-                continue
-            chunks = token_weight_pairs.get(key) if isinstance(token_weight_pairs, dict) else None
-            tok = _sub_tokenizer(self.tokenizer, attr, key)
-            if chunks and tok is not None and hasattr(tok, "inv_vocab"):
-                streams.append(_stream(key, chunks, tok))
+        streams = token_streams(token_weight_pairs, self.tokenizer, self.present, probe)
+        for s in streams:
+            if not words_from_text(s):
+                why = ("its prompt text is not known here (the tokens were not made by this CLIP's tokenizer, or "
+                       "the prompt names an embedding)" if s.text_words is None else
+                       "its prompt text's words do not tokenize to these tokens")
+                log.info("Enfoque: %s: word boundaries read from the tokens alone, as %s", s.key, why)
         weights = {}
         if probe.weight_mode in ("attention", "both"):
             for s in streams:
@@ -185,12 +299,14 @@ class EncodeTokenWeights(Shared):
         finally:
             state, probe.state = probe.state, None
         cond = out[0]
-        offsets = context_offsets({s.key: stream_length(s) for s in streams}, int(cond.shape[1]))
-        if offsets is None:
+        layout = layout_of(streams, int(cond.shape[1]))
+        if layout is None:
             log.warning("Enfoque: could not place this encoder's tokens in the context; maps use positions")
             layout = TokenLayout.positional(int(cond.shape[1]))
-        else:
-            layout = build_layout(streams, int(cond.shape[1]), offsets)
+        if probe.weight_mode == "comfy":
+            # ComfyUI's interpolation has applied the prompt's weights to the embedding already: they do not
+            # reach the diffusion model's attention as well (EnfoqueTokenWeights' weights do)
+            layout = replace(layout, weights={})
         extra = dict(out[2]) if len(out) > 2 else {}
         extra[LAYOUT_KEY] = layout
         if state.capture and (state.maps or state.skipped):
@@ -244,11 +360,13 @@ def install(clip, weight_mode: str, capture: bool):
     """A clone of ``clip`` with instrumented encoders, and its probe. The original is untouched."""
     c = clip.clone()
     probe = ClipProbe(weight_mode, capture)
+    # the clone's own attribute (CLIP.clone shares the tokenizer object, which stays as it is)
+    c.tokenizer = TextTokenizer(c.tokenizer, probe)
     csm = c.cond_stage_model
     # the patcher's view, not the live module: another clone's patches may still be applied to it
     original = c.patcher.get_model_object("encode_token_weights")
     present = {key for key, attr in ENCODERS if getattr(csm, attr, None) is not None}
-    c.patcher.add_object_patch("encode_token_weights", EncodeTokenWeights(probe, original, c.tokenizer, present))
+    c.patcher.add_object_patch("encode_token_weights", EncodeTokenWeights(probe, original, c.tokenizer.inner, present))
     found = 0
     for key, attr in ENCODERS:
         enc = getattr(csm, attr, None)

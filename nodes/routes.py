@@ -1,26 +1,30 @@
 """HTTP routes for the frontend extension (`js/enfoque.js`).
 
 ``POST /enfoque/tokenize`` (also reachable as ``/api/enfoque/tokenize``, the
-prefix ComfyUI adds to every route) with a JSON object ``{"text": "..."}``
-answers ``{"words": [...], "tokenizer": "clip_l", "chunks": n}``: the words of
-the prompt as the pack's token layout labels them, so the EnfoqueTokenWeights
-chips offer exactly the words its ``weights`` can name.
+prefix ComfyUI adds to every route) with a JSON object ``{"text": "...",
+"family": "sd3"}`` answers ``{"words": [...], "family": "sd3", "tokenizer":
+"clip_l", "encoders": ["l", "g", "t5xxl"], "chunks": n}``: the words the token
+layout of an encode of that text will have for that model family, so the
+EnfoqueTokenWeights chips offer exactly the words its ``weights`` can name.
 
-How the words are found (kept honest):
-- The prompt goes through ComfyUI's own CLIP-L tokenizer
-  (``comfy.sd1_clip.SDTokenizer`` with the BPE files bundled in ComfyUI), the
-  same ``tokenize_with_weights`` a CLIPTextEncode calls, so ComfyUI's prompt
-  syntax (``(red cat:1.2)``, escapes, ``embedding:name``, 77-token chunks) is
-  parsed as in a real encode; then ``attention.tokens.build_layout`` groups
-  the tokens into words exactly as EnfoquePatchCLIP does for the CLIP-L stream.
-- For prompts encoded by CLIP-L/CLIP-G (SD1.5, SDXL, SD3) this is the layout's
-  word list. Where T5 gives the words (Flux, T5-only SD3 encodes) a few words
-  may differ: CLIP splits numbers into single digits ("2024" -> 2, 0, 2, 4)
-  and splits "'s" off ("cat's" -> cat, 's); T5 keeps them whole.
+``family`` is one of ``FAMILIES`` (sd15, sdxl, sd3, flux; the CLIP loaders'
+type names stable_diffusion, sdxl, sd3, flux are accepted too); without it,
+sd15 (CLIP-L alone). The frontend sends the family it can read from the graph.
 
-Input is validated (a JSON object whose ``text`` is a string) and the body is
-limited to ``MAX_BODY_BYTES``: 400 for bad input, 413 for too much of it, each
-with a JSON ``{"error": "..."}`` that says what to send instead.
+How the words are found (kept honest): the family's own ComfyUI tokenizer
+(``SD1Tokenizer``, ``SDXLTokenizer``, ``SD3Tokenizer`` with CLIP-L, CLIP-G and
+T5, ``FluxTokenizer`` with CLIP-L and T5; ComfyUI's bundled vocabulary files)
+tokenizes the text with ``tokenize_with_weights``, as a CLIPTextEncode does, so
+ComfyUI's prompt syntax (``(red cat:1.2)``, escapes, ``embedding:name``,
+77-token chunks) is parsed as in a real encode; then the layout is built from
+those tokens by the very code EnfoquePatchCLIP's encode runs
+(``clip_hooks.token_streams`` and ``layout_of``), with the encoders that reach
+the family's context (Flux: T5; SD3: CLIP and T5; SD1.5/SDXL: CLIP).
+
+Input is validated (a JSON object whose ``text`` is a string and ``family``,
+if given, a known family) and the body is limited to ``MAX_BODY_BYTES``: 400
+for bad input, 413 for too much of it, each with a JSON ``{"error": "..."}``
+that says what to send instead.
 
 Registration: ComfyUI 0.8.0 does not call ``ComfyExtension.on_load``, so the
 routes are added when this module is imported (from ``nodes/extension.py``),
@@ -38,15 +42,14 @@ import logging
 import sys
 import threading
 
+import torch
 from aiohttp import web
-
-from ..attention.tokens import Stream, build_layout
 
 log = logging.getLogger(__name__)
 
 TOKENIZE_PATH = "/enfoque/tokenize"
 MAX_BODY_BYTES = 16 * 1024
-_EXAMPLE = '{"text": "a red cat on a blue chair"}'
+_EXAMPLE = '{"text": "a red cat on a blue chair", "family": "sd3"}'
 _lock = threading.Lock()
 
 
@@ -54,30 +57,55 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-@functools.lru_cache(maxsize=1)
-def _clip_l_tokenizer():
-    """ComfyUI's CLIP-L tokenizer (the bundled sd1_tokenizer BPE files); built once (about 0.3 s)."""
+# family -> (the ComfyUI tokenizer class, as module path and name; the encoders whose tokens reach the context)
+FAMILIES = {
+    "sd15": ("comfy.sd1_clip", "SD1Tokenizer", ("l",)),
+    "sdxl": ("comfy.sdxl_clip", "SDXLTokenizer", ("l", "g")),
+    "sd3": ("comfy.text_encoders.sd3_clip", "SD3Tokenizer", ("l", "g", "t5xxl")),
+    "flux": ("comfy.text_encoders.flux", "FluxTokenizer", ("l", "t5xxl")),
+}
+ALIASES = {"stable_diffusion": "sd15", "sd1": "sd15", "sd1.5": "sd15"}
+_TOKENIZER_NAMES = {"l": "clip_l", "g": "clip_g", "t5xxl": "t5xxl"}
+
+
+def family_name(family: str | None) -> str | None:
+    """The family a request names (None: not one Enfoque knows)."""
+    name = (family or "sd15").strip().lower()
+    name = ALIASES.get(name, name)
+    return name if name in FAMILIES else None
+
+
+@functools.lru_cache(maxsize=len(FAMILIES))
+def _tokenizer(family: str):
+    """The family's ComfyUI tokenizer (bundled vocabulary files); built once per family."""
+    import importlib
+
     import folder_paths
-    from comfy.sd1_clip import SDTokenizer
 
-    return SDTokenizer(
-        embedding_directory=folder_paths.get_folder_paths("embeddings"),
-        embedding_size=768,
-        embedding_key="clip_l",
-    )
+    module, name, _ = FAMILIES[family]
+    cls = getattr(importlib.import_module(module), name)
+    return cls(embedding_directory=folder_paths.get_folder_paths("embeddings"))
 
 
-def prompt_words(text: str) -> dict:
-    """The prompt's words as EnfoquePatchCLIP's layout labels its CLIP-L stream."""
-    with _lock:  # the tokenizer is not documented as thread-safe
-        tok = _clip_l_tokenizer()
-        chunks = tok.tokenize_with_weights(text, return_word_ids=True)
-    stream = Stream(
-        key="l", chunks=chunks, pieces=tok.inv_vocab, kind="bpe", start=tok.start_token, end=tok.end_token
-    )
-    length = sum(len(c) for c in chunks)
-    layout = build_layout([stream], length, {"l": 0})
-    return {"words": list(layout.words), "tokenizer": "clip_l", "chunks": len(chunks)}
+def prompt_words(text: str, family: str = "sd15") -> dict:
+    """The words of the token layout an encode of ``text`` gets for this model family."""
+    from .clip_hooks import layout_of, token_streams  # imports comfy: only when asked
+
+    _, _, in_context = FAMILIES[family]
+    with _lock:  # the tokenizers are not documented as thread-safe
+        tok = _tokenizer(family)
+        tokens = tok.tokenize_with_weights(text)
+        streams = token_streams(tokens, tok, set(in_context), text=text)
+    lengths = {s.key: sum(len(c) for c in s.chunks) for s in streams}
+    clip = max((lengths[k] for k in ("l", "g") if k in lengths), default=0)
+    t5 = lengths.get("t5xxl", 0)
+    context = t5 if family == "flux" else clip + t5
+    layout = layout_of(streams, context)
+    words_out = list(layout.words) if layout is not None else []
+    primary = "t5xxl" if family == "flux" else "l"
+    chunks = next((len(s.chunks) for s in streams if s.key == primary), 0)
+    return {"words": words_out, "family": family, "tokenizer": _TOKENIZER_NAMES[primary],
+            "encoders": [s.key for s in streams], "chunks": chunks}
 
 
 async def tokenize(request: web.Request) -> web.Response:
@@ -110,8 +138,18 @@ async def tokenize(request: web.Request) -> web.Response:
     text = body["text"]
     if not isinstance(text, str):
         return _error(400, f"'text' must be a string, got {type(text).__name__}; send e.g. {_EXAMPLE}")
+    family = body.get("family")
+    if family is not None and not isinstance(family, str):
+        return _error(400, f"'family' must be a string, got {type(family).__name__}; send e.g. {_EXAMPLE}")
+    name = family_name(family)
+    if name is None:
+        known = ", ".join([*FAMILIES, *ALIASES])
+        return _error(400, f"'family' {family[:40]!r} is not a model family Enfoque knows ({known}); "
+                           f"send one of them or leave it out (sd15), e.g. {_EXAMPLE}")
     try:
-        result = await asyncio.to_thread(prompt_words, text)
+        result = await asyncio.to_thread(prompt_words, text, name)
+    except torch.OutOfMemoryError:
+        raise
     except Exception as exc:  # a tokenizer failure is reported, never a bare 500 page
         log.warning("Enfoque: %s could not tokenize a prompt: %s", TOKENIZE_PATH, exc)
         return _error(500, f"could not split the prompt into words: {exc}")

@@ -3,6 +3,8 @@ tokenizers and small-config encoders."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import tiny_models
 import torch
@@ -124,12 +126,12 @@ def test_token_weights_node(comfy):
     for w, expect in (("cat", 1.5), ("red", 0.5), ("fur", 0.5)):
         assert {lay.weights[p] for p in lay.spans[lay.words.index(w)]} == {expect}
     assert cond[0][1]["enfoque_layout"].weights == {}, "the input conditioning was changed"
-    with pytest.raises(ValueError, match="'dog' is not a word of the prompt; its words are: a, red, fur, cat"):
+    with pytest.raises(ValueError, match="'dog'.* is not a word of the prompt; its words: a, red, fur, cat"):
         comfy.run("EnfoqueTokenWeights", conditioning=cond, weights="dog:2")
     with pytest.raises(ValueError, match="cannot read 'cat=2'"):
         comfy.run("EnfoqueTokenWeights", conditioning=cond, weights="cat=2")
     stock = encode(comfy, clip, "a red cat")
-    with pytest.raises(ValueError, match="put EnfoquePatchCLIP before the text encode"):
+    with pytest.raises(ValueError, match="Put Enfoque Patch CLIP before the text encode"):
         comfy.run("EnfoqueTokenWeights", conditioning=stock, weights="cat:2")
 
 
@@ -171,21 +173,49 @@ def test_sd3_graph_words_and_weights_reach_the_model(comfy, tiny_dir):
     assert up.maps[:, i].sum() > 1.5 * base.maps[:, i].sum()
 
 
-def test_negative_prompt_weights_are_refused_where_attention_cannot_apply_them(comfy, tiny_dir):
+def test_negative_prompt_weights_are_refused_where_attention_cannot_apply_them(comfy):
     clip = tiny_models.clip_sd3()
     c_att, _ = patched(comfy, clip, "attention")
     with pytest.raises(ValueError, match="EnfoquePatchCLIP: the prompt weight -0.5 is negative"):
         encode(comfy, c_att, "a (cat:-0.5)")
     c_comfy, _ = patched(comfy, clip, "comfy")
     cond = encode(comfy, c_comfy, "a (cat:-0.5)")  # ComfyUI's own interpolation takes it
-    model = tiny_models.sd3(tiny_dir, name="neg_sd3").model
-    m, probe = comfy.run("EnfoquePatchModel", model=model, capture=True, reweight="bias", blocks="all",
-                         start_percent=0.0, end_percent=1.0)
+    assert torch.equal(cond[0][0], encode(comfy, clip, "a (cat:-0.5)")[0][0])
+
+
+def _sample(comfy, model, pos, neg, seed=1):
     latent = comfy.run("EmptySD3LatentImage", width=64, height=64, batch_size=1)[0]
-    with pytest.raises(ValueError, match="EnfoquePatchModel: the positive prompt gives 'cat' the weight -0.5"):
-        comfy.run("KSampler", model=m, seed=1, steps=1, cfg=1.0, sampler_name="euler", scheduler="simple",
-                  positive=cond, negative=cond, latent_image=latent, denoise=1.0)
-    assert probe.run is None
+    return comfy.run("KSampler", model=model, seed=seed, steps=2, cfg=3.0, sampler_name="euler", scheduler="simple",
+                     positive=pos, negative=neg, latent_image=latent, denoise=1.0)[0]["samples"]
+
+
+def test_comfy_mode_weights_act_once(comfy, tiny_dir):
+    """weight_mode comfy: ComfyUI's embedding interpolation applies (word:w), and nothing else does; the
+    diffusion model's reweighting gets only what EnfoqueTokenWeights sets. attention: the encoder's
+    attention and the diffusion model's (the layout carries the weights)."""
+    clip = tiny_models.clip_sd3()
+    text = "a red (cat:1.5) on a (mat:0.5)"
+    model = tiny_models.sd3(tiny_dir, name="comfy_mode_sd3").model
+    stock_pos, neg = encode(comfy, clip, text), encode(comfy, clip, "blurry")
+    stock = _sample(comfy, model, stock_pos, neg)
+    m, _ = comfy.run("EnfoquePatchModel", model=model, capture=True, reweight="bias", blocks="all",
+                     start_percent=0.0, end_percent=1.0)
+
+    c_comfy, _ = patched(comfy, clip, "comfy")
+    cond = encode(comfy, c_comfy, text)
+    assert torch.equal(cond[0][0], stock_pos[0][0]), "comfy mode must encode as ComfyUI does"
+    assert cond[0][1]["enfoque_layout"].weights == {}
+    assert torch.equal(_sample(comfy, m, cond, neg), stock), "the prompt's weights reached the diffusion model too"
+
+    weighted = comfy.run("EnfoqueTokenWeights", conditioning=cond, weights="cat:1.5")[0]
+    lay = weighted[0][1]["enfoque_layout"]
+    assert set(lay.weights) == set(lay.spans[lay.words.index("cat")]) and set(lay.weights.values()) == {1.5}
+    assert not torch.equal(_sample(comfy, m, weighted, neg), stock)
+
+    c_att, _ = patched(comfy, clip, "attention")
+    lay = encode(comfy, c_att, text)[0][1]["enfoque_layout"]
+    cat, mat = lay.spans[lay.words.index("cat")], lay.spans[lay.words.index("mat")]
+    assert lay.weights == {**{p: 1.5 for p in cat}, **{p: 0.5 for p in mat}}
 
 
 def test_other_encode_nodes(comfy):
@@ -204,3 +234,87 @@ def test_other_encode_nodes(comfy):
     assert layout.words == ("a", "red", "cat")
     n_clip = 77
     assert [p for p in layout.spans[2] if p < n_clip] == [3] and any(p >= n_clip for p in layout.spans[2])
+
+
+# --------------------------------------------------------------------------- float64 reference
+
+
+def _t5_buckets(rel: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
+    """T5's relative position buckets (bidirectional), written out from the T5 paper's scheme."""
+    half = num_buckets // 2
+    out = (rel > 0).long() * half
+    n = rel.abs()
+    exact = half // 2
+    large = exact + (torch.log(n.double().clamp(min=1) / exact) / math.log(max_distance / exact)
+                     * (half - exact)).long()
+    return out + torch.where(n < exact, n, large.clamp(max=half - 1))
+
+
+def _reference(module, x: torch.Tensor, key: str, log_w: torch.Tensor | None) -> torch.Tensor:
+    """softmax attention of one layer in float64 from its own weights and its input x: ``[B, heads-mean T, T]``."""
+    x = x.double()
+    t = x.shape[1]
+    if key == "t5xxl":
+        heads = module.num_heads
+        q, k = x @ module.q.weight.double().T, x @ module.k.weight.double().T
+        q, k = (a.view(a.shape[0], t, heads, -1).transpose(1, 2) for a in (q, k))
+        logits = q @ k.transpose(-1, -2)  # T5 does not scale by 1/sqrt(d)
+        bias_mod = module.relative_attention_bias
+        if bias_mod is not None:
+            pos = torch.arange(t)
+            buckets = _t5_buckets(pos[None, :] - pos[:, None], module.relative_attention_num_buckets,
+                                  module.relative_attention_max_distance)
+            logits = logits + bias_mod.weight.double()[buckets].permute(2, 0, 1)[None]
+    else:
+        heads = module.heads
+        q = x @ module.q_proj.weight.double().T + module.q_proj.bias.double()
+        k = x @ module.k_proj.weight.double().T + module.k_proj.bias.double()
+        q, k = (a.view(a.shape[0], t, heads, -1).transpose(1, 2) for a in (q, k))
+        logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+        logits = logits + torch.full((t, t), -math.inf, dtype=torch.float64).triu(1)  # CLIP is causal
+    if log_w is not None:
+        logits = logits + log_w[:, None, None, :]
+    return torch.softmax(logits, dim=-1).mean(1)
+
+
+@pytest.mark.parametrize("text", ["a photo of a (cat:1.8) on a [mat]", LONG], ids=["weighted", "two-chunks"])
+def test_text_maps_equal_a_float64_reference(comfy, text):
+    """Every captured layer of CLIP-L, CLIP-G and T5 equals the attention computed here in float64 from the
+    layer's own weights and its input (recorded by a forward pre-hook), with the prompt's weights as
+    log w on the keys (attention mode), for the first chunk's row."""
+    clip = tiny_models.clip_sd3()
+    c, probe = patched(comfy, clip, "attention")
+    csm = clip.cond_stage_model
+    inputs: dict[str, list] = {"l": [], "g": [], "t5xxl": []}
+    handles = []
+    for key, attr in (("l", "clip_l"), ("g", "clip_g"), ("t5xxl", "t5xxl")):
+        for mod in getattr(csm, attr).modules():
+            if type(mod).__name__ in ("CLIPAttention", "T5Attention"):
+                def pre(m, args, kwargs, key=key):
+                    x = args[0] if args else kwargs["x"]
+                    inputs[key].append((m, x.detach().clone()))
+                handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+    try:
+        cond = encode(comfy, c, text)
+    finally:
+        for h in handles:
+            h.remove()
+    rec = probe.records[cond[0][1]["enfoque_text_record"]]
+    tokens = clip.tokenize(text)
+    compared = 0
+    for key in ("l", "g", "t5xxl"):
+        captured = rec.maps[key].layers
+        assert len(captured) == len(inputs[key]) > 0, key
+        chunk = tokens[key][0]
+        w = torch.tensor([float(item[1]) for item in chunk], dtype=torch.float64)
+        log_w = torch.log(w)[None] if bool((w != 1).any()) else None
+        if text != LONG:
+            assert log_w is not None, f"{key}: the prompt's weight should reach the keys"
+        for (module, x), got in zip(inputs[key], captured, strict=True):
+            ref = _reference(module, x[:1], key, log_w)
+            assert got.shape == ref.shape == (1, len(chunk), len(chunk))
+            # the encoders run in float32: q.k rounding on logits of a few units is ~1e-6 of probability
+            # (measured here: at most 6e-7)
+            torch.testing.assert_close(got.double(), ref, atol=2e-6, rtol=0)
+            compared += 1
+    assert compared == 3 + 3 + 1  # tiny configs: CLIP-L and CLIP-G 3 layers each, T5 1
