@@ -95,9 +95,22 @@ class MapAccumulator:
         store[key].add_(m)
         counts[key] += 1
 
-    def add(self, key: Hashable, probs: Tensor, heads: int, step: int = 0, block: Hashable = 0) -> None:
-        """Add one call's ``[rows, queries, tokens]`` map (summed over ``heads``)."""
-        m = to_grid(probs.float(), self.grid) / heads
+    def add(self, key: Hashable, probs: Tensor, heads: int, step: int = 0, block: Hashable = 0,
+            region: tuple[int, int, int, int] | None = None) -> None:
+        """Add one call's ``[rows, queries, tokens]`` map (summed over ``heads``).
+
+        ``region`` ``(y, x, h, w)``: the queries cover only that part of the grid (an area
+        conditioning); its map is placed there and is zero elsewhere.
+        """
+        if region is None:
+            m = to_grid(probs.float(), self.grid) / heads
+        else:
+            y, x, h, w = region
+            if y < 0 or x < 0 or h < 1 or w < 1 or y + h > self.grid[0] or x + w > self.grid[1]:
+                raise ValueError(f"region {tuple(region)} is not inside the {self.grid[0]}x{self.grid[1]} grid")
+            part = to_grid(probs.float(), (h, w)) / heads
+            m = part.new_zeros((*part.shape[:2], *self.grid))
+            m[:, :, y : y + h, x : x + w] = part
         rec = self.records.get(key)
         if rec is None:
             if self.bytes_used() + m.numel() * 4 > self.budget_bytes:

@@ -24,17 +24,26 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension as patcher_extension
+import comfy.samplers as comfy_samplers
 import torch
 
 from ..attention.aggregate import MapAccumulator
-from ..attention.engine import Capture, Reweight, attend
-from ..attention.tokens import LAYOUT_KEY, TokenLayout, brief, shown_words
+from ..attention.engine import attend
+from .probe_call import read_call
+from .probe_checks import check_budget, check_capture_words, check_weights
+from .probe_plan import Plan, build_plan, region_for
+from .probe_routes import build_routes
+from .probe_run import RunLog, RunRecord
+from .probe_store import MAX_RESULTS, ProbeResult, ResultStore
+from .probe_types import CallState, ProbeConfig, Region, Route, Shared, Site
+
+__all__ = ["MAX_RESULTS", "SUPPORTED", "CallState", "ModelProbe", "Plan", "ProbeConfig", "ProbeResult", "Region",
+           "Route", "RunRecord", "Shared", "Site", "block_count", "install", "model_family"]
 
 log = logging.getLogger(__name__)
 
@@ -42,100 +51,14 @@ SUPPORTED = "SD3/SD3.5 (MMDiT), Flux, SD1.5/SDXL (UNet)"
 _ids = itertools.count()
 
 
-class Shared:
-    """Hooks are shared by every clone of the patched model."""
-
-    def __deepcopy__(self, memo: dict) -> Shared:
-        return self
-
-
-@dataclass
-class ProbeConfig:
-    capture: bool = True
-    reweight: str = "bias"
-    blocks: frozenset[int] | None = None
-    start_percent: float = 0.0
-    end_percent: float = 1.0
-    capture_negative: bool = False
-    capture_words: tuple[str, ...] = ()
-    keep_steps: bool = False
-    keep_blocks: bool = False
-    budget_mb: float = 1024.0
-
-
-@dataclass
-class Route:
-    role: str
-    index: int
-    layout: TokenLayout
-    columns: list[int]
-
-
-@dataclass
-class CallState:
-    """Per model call: whether the step is in the window, which step, the latent grid."""
-
-    active: bool
-    step: int
-    grid: tuple[int, int]
-    txt_len: int | None = None
-    capture: bool = True  # False in a guidance pass (a second model pass for the same prediction)
-
-
-@dataclass
-class Site:
-    block: int
-    txt_len: int
-    seq_len: int | None  # joint key length (DiT); None for UNet cross-attention
-
-
-@dataclass
-class Plan:
-    captures: list[Capture]
-    keys: list[Hashable]
-    copies: list[int]
-    reweight: Reweight | None
-    query_range: tuple[int, int] | None
-
-
-@dataclass
-class RunRecord:
-    routes: dict[Any, Route]
-    sigma_hi: float
-    sigma_lo: float
-    acc: MapAccumulator | None = None
-    step: int = -1
-    last_sigma: float | None = None
-    plans: dict[tuple, Plan | None] = field(default_factory=dict)
-    blocks_seen: set[int] = field(default_factory=set)
-    active_steps: set[int] = field(default_factory=set)
-    step_sigmas: dict[int, float] = field(default_factory=dict)  # the sigma of each step
-    batch: int = 0
-    batch_calls: int | None = None  # calc_cond_batch calls in the current noise prediction
-    guidance: bool = False  # inside a guidance pass
-
-
-@dataclass
-class ProbeResult:
-    """What one finished run captured, per (role, index): token maps on the grid."""
-
-    maps: dict[tuple[str, int], torch.Tensor]
-    step_maps: dict[tuple[str, int], dict[int, torch.Tensor]]  # per step, with keep_steps
-    block_maps: dict[tuple[str, int], dict[int, torch.Tensor]]  # per block, with keep_blocks
-    routes: dict[tuple[str, int], Route]
-    grid: tuple[int, int]
-    active_steps: list[int]
-    blocks: list[int]
-    run: int
-    batch: int = 0  # images in the run (the latent's batch)
-    step_sigmas: dict[int, float] = field(default_factory=dict)  # step -> its sigma
-
-
-MAX_RESULTS = 4  # finished runs kept per probe, one per latent shape (e.g. both passes of a hires fix)
-
-
 class ModelProbe(Shared):
-    """ENFOQUE_PROBE from EnfoquePatchModel: config, the current run and the last result."""
+    """ENFOQUE_PROBE from EnfoquePatchModel: its config, the current run and the finished ones.
+
+    The pieces live in their own modules: checks before a run (`probe_checks`), which
+    conditioning is which (`probe_routes`), the plan of an attention call (`probe_plan`),
+    the run record and its log (`probe_run`), the finished runs (`probe_store`), the reading
+    of ComfyUI's attention call (`probe_call`). This class ties them to one run's lifecycle.
+    """
 
     kind = "model"
 
@@ -147,9 +70,23 @@ class ModelProbe(Shared):
         self.key = f"enfoque_call_{next(_ids)}"
         self.site_key = self.key + "_site"
         self.run: RunRecord | None = None
-        self.result: ProbeResult | None = None  # the last run, if it finished
-        self.results: list[ProbeResult] = []  # finished runs, newest last, one per (batch, grid)
+        self.store = ResultStore()
         self.runs = 0
+        self.outside_run = RunLog()  # for calls no run owns (reported once per probe)
+
+    @property
+    def result(self) -> ProbeResult | None:
+        """The last run, if it finished."""
+        return self.store.last
+
+    @property
+    def results(self) -> list[ProbeResult]:
+        """Finished runs, newest last, one per (batch, grid)."""
+        return self.store.results
+
+    @property
+    def log(self) -> RunLog:
+        return self.run.log if self.run is not None else self.outside_run
 
     # -- run lifecycle -------------------------------------------------------
     def grid_for(self, h: int, w: int) -> tuple[int, int]:
@@ -158,67 +95,24 @@ class ModelProbe(Shared):
             return (h, w)
         return (math.ceil(h / self.patch_size), math.ceil(w / self.patch_size))
 
-    def check_weights(self, routes: dict[Any, Route]) -> None:
-        """Weights attention cannot apply are refused before sampling, naming the word."""
-        mode = self.config.reweight
-        if mode == "off":
-            return
-        for r in routes.values():
-            for pos, w in r.layout.weights.items():
-                if math.isfinite(w) and (w >= 0 or mode != "bias"):
-                    continue
-                word = next((wd for wd, sp in zip(r.layout.words, r.layout.spans, strict=True) if pos in sp),
-                            f"#{pos}")
-                if not math.isfinite(w):
-                    raise ValueError(
-                        f"EnfoquePatchModel: the {r.role} prompt gives {brief(word)!r} the weight {w}; weights must "
-                        "be finite numbers >= 0. Change the weight in the prompt or in EnfoqueTokenWeights"
-                    )
-                raise ValueError(
-                    f"EnfoquePatchModel: the {r.role} prompt gives {brief(word)!r} the weight {w:g}; bias mode needs "
-                    "weights >= 0 (0 removes a word). Change the weight or use reweight 'scale' or 'off'"
-                )
-
-    def check_budget(self, routes: dict[Any, Route], latent_shape: tuple[int, ...], steps: int) -> None:
-        """Refuse, before sampling starts, a capture whose running sums would not fit the budget."""
-        cfg = self.config
-        if not cfg.capture:
-            return
-        gh, gw = self.grid_for(latent_shape[-2], latent_shape[-1])
-        tokens = sum(len(r.columns) for r in routes.values() if r.role == "positive" or cfg.capture_negative)
-        copies = 1 + (steps if cfg.keep_steps else 0) + (self.selected_blocks() if cfg.keep_blocks else 0)
-        need = latent_shape[0] * tokens * gh * gw * 4 * copies
-        budget = cfg.budget_mb * 2**20
-        if need > budget:
-            raise ValueError(
-                f"EnfoquePatchModel: capturing {tokens} tokens for {latent_shape[0]} image(s) on a {gh}x{gw} grid "
-                f"needs {need / 2**20:.0f} MB, over the budget of {cfg.budget_mb:.0f} MB; raise budget_mb, "
-                "capture fewer words (capture_words) or use a smaller batch"
-            )
+    def _shape(self, latent_shape: tuple[int, ...]) -> tuple[int, tuple[int, int]]:
+        return int(latent_shape[0]), self.grid_for(latent_shape[-2], latent_shape[-1])
 
     def begin_run(self, conds: dict[str, list[dict]], model_sampling: Any, latent_shape: tuple[int, ...] = (),
                   steps: int = 0) -> None:
-        routes: dict[Any, Route] = {}
-        for role in ("positive", "negative"):
-            for i, c in enumerate(conds.get(role) or []):
-                cross = c.get("cross_attn")
-                if cross is None or "uuid" not in c:
-                    continue
-                layout = c.get(LAYOUT_KEY) or TokenLayout.positional(int(cross.shape[1]))
-                routes[c["uuid"]] = Route(role, i, layout, self._columns(layout))
-        self.check_weights(routes)
-        self.check_capture_words(routes)
+        run_log = RunLog()
+        routes = build_routes(conds, self.config, run_log)
+        check_weights(self.config, routes.values())
+        check_capture_words(self.config, routes.values())
+        grid = self.grid_for(latent_shape[-2], latent_shape[-1]) if latent_shape else None
         if latent_shape:
-            self.check_budget(routes, latent_shape, steps)
+            check_budget(self.config, routes.values(), int(latent_shape[0]), grid, steps, self.selected_blocks())
         cfg = self.config
         hi = model_sampling.percent_to_sigma(cfg.start_percent)
         lo = model_sampling.percent_to_sigma(cfg.end_percent)
-        self.run = RunRecord(routes=routes, sigma_hi=hi, sigma_lo=lo,
+        self.run = RunRecord(routes=routes, sigma_hi=hi, sigma_lo=lo, grid=grid, log=run_log,
                              batch=int(latent_shape[0]) if latent_shape else 0)
-        self.result = None
-        if latent_shape:  # a new run of this shape supersedes the kept one, finished or not
-            shape = self._shape(latent_shape)
-            self.results = [r for r in self.results if (r.batch, r.grid) != shape]
+        self.store.forget(self._shape(latent_shape) if latent_shape else None)
 
     def end_run(self, ok: bool) -> None:
         run, self.run = self.run, None
@@ -229,7 +123,7 @@ class ModelProbe(Shared):
         maps = {k: run.acc.mean(k) for k in run.acc.records}
         step_maps = {k: run.acc.step_means(k) for k in run.acc.records} if self.config.keep_steps else {}
         block_maps = {k: run.acc.block_means(k) for k in run.acc.records} if self.config.keep_blocks else {}
-        self.result = ProbeResult(
+        self.store.add(ProbeResult(
             maps=maps,
             step_maps=step_maps,
             block_maps=block_maps,
@@ -240,54 +134,33 @@ class ModelProbe(Shared):
             run=self.runs,
             batch=run.batch,
             step_sigmas={k: run.step_sigmas[k] for k in sorted(run.active_steps) if k in run.step_sigmas},
-        )
-        kept = [r for r in self.results if (r.batch, r.grid) != (self.result.batch, self.result.grid)]
-        self.results = [*kept, self.result][-MAX_RESULTS:]
-
-    def _shape(self, latent_shape: tuple[int, ...]) -> tuple[int, tuple[int, int]]:
-        return int(latent_shape[0]), self.grid_for(latent_shape[-2], latent_shape[-1])
+        ))
 
     def result_for(self, latent_shape: tuple[int, ...] | None) -> ProbeResult | None:
         """The newest finished run whose latent had this shape (batch, grid); the newest run without a shape."""
-        if not latent_shape:
-            return self.results[-1] if self.results else None
-        shape = self._shape(latent_shape)
-        for r in reversed(self.results):
-            if (r.batch, r.grid) == shape:
-                return r
-        return None
+        return self.store.find(self._shape(latent_shape) if latent_shape else None)
 
-    def check_capture_words(self, routes: dict[Any, Route]) -> None:
-        """Every capture word must be a word of a positive prompt: a typo would otherwise capture everything."""
-        cfg = self.config
-        positive = [r.layout for r in routes.values() if r.role == "positive"]
-        if not cfg.capture or not cfg.capture_words or not positive:
+    def note_areas(self, conds: list, x_in: torch.Tensor) -> None:
+        """Where the area conditionings of this batch of model calls sit (ComfyUI resolved them for it)."""
+        run = self.run
+        if run is None or x_in.ndim != 4:
             return
-        missing = [w for w in cfg.capture_words if not any(lay.find(w) for lay in positive)]
-        if not missing:
-            return
-        if not all(lay.labelled for lay in positive):
-            raise ValueError(
-                f"EnfoquePatchModel: capture_words {brief(', '.join(missing))!r}: the prompt was encoded by a stock CLIP, so "
-                "it has no words (only positions #0, #1, ...); put EnfoquePatchCLIP before the text encode, or leave "
-                "capture_words empty"
-            )
-        shown = shown_words(dict.fromkeys(w for lay in positive for w in lay.words))
-        raise ValueError(
-            f"EnfoquePatchModel: capture_words {brief(', '.join(missing))!r} are not words of the positive prompt "
-            f"({shown}); fix capture_words or leave it empty to capture every word"
-        )
-
-    def _columns(self, layout: TokenLayout) -> list[int]:
-        words = self.config.capture_words
-        if not words:
-            return layout.positions()
-        picked: dict[int, None] = {}
-        for w in words:
-            for i in layout.find(w):
-                for p in layout.spans[i]:
-                    picked.setdefault(p, None)
-        return list(picked) or layout.positions()
+        hw = (int(x_in.shape[-2]), int(x_in.shape[-1]))
+        grid = run.grid or self.grid_for(*hw)
+        for group in conds or []:
+            for c in group or []:
+                if not isinstance(c, dict) or "uuid" not in c or c["uuid"] in run.regions:
+                    continue
+                region = None
+                if "area" in c:
+                    area = comfy_samplers.add_area_dims(list(c["area"]), 2)
+                    if len(area) > 4:
+                        area = area[:2] + area[len(area) // 2 : len(area) // 2 + 2]
+                    route = run.routes.get(c["uuid"])
+                    name = route.name if route is not None else "conditioning"
+                    region = region_for(area, hw, self.patch_size if self.family != "unet" else 1, grid, name,
+                                        run.log)
+                run.regions[c["uuid"]] = region
 
     # -- per model call --------------------------------------------------------
     def call_state(self, x: torch.Tensor, sigma: torch.Tensor) -> CallState | None:
@@ -305,7 +178,7 @@ class ModelProbe(Shared):
         grid = self.grid_for(x.shape[-2], x.shape[-1])
         if run.acc is None:
             cfg = self.config
-            run.acc = MapAccumulator(grid, keep_steps=cfg.keep_steps, keep_blocks=cfg.keep_blocks,
+            run.acc = MapAccumulator(run.grid or grid, keep_steps=cfg.keep_steps, keep_blocks=cfg.keep_blocks,
                                      budget_bytes=int(cfg.budget_mb * 2**20))
         return CallState(active=active, step=run.step, grid=grid, capture=not run.guidance)
 
@@ -318,64 +191,23 @@ class ModelProbe(Shared):
         return blocks is None or index in blocks
 
     # -- per attention call --------------------------------------------------
-    def plan(self, site: Site, uuids: list, q: torch.Tensor, q_len: int, k_len: int, batch: int) -> Plan | None:
+    def plan(self, site: Site, uuids: list, state: CallState, q: torch.Tensor, q_len: int, k_len: int,
+             batch: int) -> Plan | None:
         run = self.run
-        key = (tuple(uuids), site.txt_len, site.seq_len, q_len, k_len, batch, q.device)
-        if key in run.plans:
-            return run.plans[key]
-        plan = self._build_plan(site, uuids, q, q_len, k_len, batch, run)
-        run.plans[key] = plan
-        return plan
-
-    def _build_plan(self, site: Site, uuids: list, q: torch.Tensor, q_len: int, k_len: int, batch: int,
-                    run: RunRecord) -> Plan | None:
-        if not uuids or batch % len(uuids):
-            return None
-        rows = batch // len(uuids)
-        cfg = self.config
-        captures, keys, copies = [], [], []
-        weights = None
-        for i, u in enumerate(uuids):
-            route = run.routes.get(u)
-            if route is None:
-                continue
-            length = route.layout.context_length
-            reps = site.txt_len // length if length and site.txt_len % length == 0 else 0
-            if reps == 0:
-                continue
-            sl = slice(i * rows, (i + 1) * rows)
-            if cfg.capture and (route.role == "positive" or cfg.capture_negative) and route.columns:
-                cols = torch.tensor(route.columns, dtype=torch.long)
-                cols = torch.cat([cols + m * length for m in range(reps)]).to(q.device)
-                captures.append(Capture(sl, cols))
-                keys.append((route.role, route.index))
-                copies.append(reps)
-            if cfg.reweight != "off" and route.layout.weights:
-                if weights is None:
-                    weights = torch.ones(batch, k_len)
-                for pos, wt in route.layout.weights.items():
-                    for m in range(reps):
-                        weights[sl, pos + m * length] = wt
-        reweight = Reweight.build(weights.to(q.device), cfg.reweight) if weights is not None else None
-        if site.seq_len is None:
-            query_range = (0, q_len)
-        else:
-            gh, gw = run.acc.grid
-            n_img = gh * gw
-            if q_len < site.txt_len + n_img:
-                captures, keys, copies = [], [], []
-            query_range = (site.txt_len, site.txt_len + n_img)
-        if not captures and reweight is None:
-            return None
-        return Plan(captures, keys, copies, reweight, query_range)
+        key = (tuple(uuids), site.txt_len, site.seq_len, q_len, k_len, batch, state.grid, q.device)
+        if key not in run.plans:
+            run.plans[key] = build_plan(site, uuids, run.routes, run.regions, self.config, state.grid, q_len, k_len,
+                                        batch, q.device, run.log)
+        return run.plans[key]
 
     def record(self, plan: Plan, maps: list[torch.Tensor], heads: int, step: int, block: int) -> None:
         run = self.run
         run.blocks_seen.add(block)
-        for key, m, reps in zip(plan.keys, maps, plan.copies, strict=True):
+        for key, m, reps, region in zip(plan.keys, maps, plan.copies, plan.regions, strict=True):
             if reps > 1:
                 m = m.view(m.shape[0], m.shape[1], reps, -1).sum(2)
-            run.acc.add(key, m, heads, step=step, block=block)
+            place = None if region is None else (region.y, region.x, region.h, region.w)
+            run.acc.add(key, m, heads, step=step, block=block, region=place)
 
 
 class OuterSampleWrapper(Shared):
@@ -424,6 +256,7 @@ class CalcCondBatchWrapper(Shared):
         self.probe = probe
 
     def __call__(self, executor, model, conds, x_in, timestep, model_options, *args, **kwargs):
+        self.probe.note_areas(conds, x_in)
         run = self.probe.run
         # context windows split one pass into several calls: every one of them counts as the pass itself
         if run is None or run.batch_calls is None or (model_options or {}).get("context_handler") is not None:
@@ -507,7 +340,12 @@ _STOCK_PYTORCH = getattr(comfy_attention.attention_pytorch, "__wrapped__", comfy
 
 
 class AttentionOverride(Shared):
-    """``optimized_attention_override``: the engine where a block asked for it, else a call-through."""
+    """``optimized_attention_override``: the engine where a block asked for it, else a call-through.
+
+    The call is read by parameter name (`probe_call.read_call`); one it cannot read, or q/k/v
+    that are not plain tensors (a tensor subclass or container of a newer ComfyUI or another
+    pack), is passed on unchanged and logged once per run with the reason.
+    """
 
     def __init__(self, probe: ModelProbe, previous: Callable | None) -> None:
         self.probe, self.previous = probe, previous
@@ -523,17 +361,24 @@ class AttentionOverride(Shared):
         state: CallState | None = to.get(self.probe.key)
         if site is None or state is None or self.probe.run is None:
             return self._next(func, args, kwargs)
-        q, k, v = args[:3]
-        if not all(type(t) is torch.Tensor for t in (q, k, v)):
+        run_log = self.probe.log
+        call = read_call(args, kwargs)
+        if isinstance(call, str):
+            run_log.once(("call", call), "block %d: cannot read the attention call (%s); it runs as it is, neither "
+                         "captured nor reweighted", site.block, call)
             return self._next(func, args, kwargs)
-        heads = args[3] if len(args) > 3 else kwargs["heads"]
-        mask = args[4] if len(args) > 4 else kwargs.get("mask")
-        skip = bool(kwargs.get("skip_reshape", False))
+        q, k, v = call.q, call.k, call.v
+        if not all(type(t) is torch.Tensor for t in (q, k, v)):
+            kinds = ", ".join(sorted({type(t).__name__ for t in (q, k, v)}))
+            run_log.once(("container", kinds), "block %d: q/k/v come as %s, not plain tensors; those attention "
+                         "calls run as they are, neither captured nor reweighted", site.block, kinds)
+            return self._next(func, args, kwargs)
+        heads, mask, skip = call.heads, call.mask, call.skip_reshape
         seq_dim = 2 if skip else 1
         q_len, k_len = q.shape[seq_dim], k.shape[seq_dim]
         if site.seq_len is not None and k_len != site.seq_len:
-            return self._next(func, args, kwargs)  # e.g. SD3.5's image-only attention
-        plan = self.probe.plan(site, to.get("uuids") or [], q, q_len, k_len, q.shape[0])
+            return self._next(func, args, kwargs)  # e.g. SD3.5's image-only attention: not a text attention
+        plan = self.probe.plan(site, to.get("uuids") or [], state, q, q_len, k_len, q.shape[0])
         if plan is None:
             return self._next(func, args, kwargs)
         captures = plan.captures if state.capture else []
@@ -541,19 +386,18 @@ class AttentionOverride(Shared):
         reweight = None if to.get(_REWEIGHTED) else plan.reweight
         if not captures and reweight is None:
             return self._next(func, args, kwargs)
-
-        rest = {n: kwargs[n] for n in kwargs if n not in ("mask", "heads")}
-        if reweight is not None and "transformer_options" in rest:
-            rest["transformer_options"] = {**to, _REWEIGHTED: True}
-        tail = args[5:]
+        marked = {**to, _REWEIGHTED: True} if reweight is not None and "transformer_options" in kwargs else None
 
         def compute_out(q_, k_, v_, mask_):
-            return self._next(func, (q_, k_, v_, heads, mask_, *tail), rest)
+            a, kw = call.rebuilt(q_, k_, v_, mask_, marked)
+            return self._next(func, a, kw)
 
-        fused = self.previous is None and func is _STOCK_PYTORCH and not tail
+        # the stock SDPA backend ignores every argument but q, k, v, heads, mask and the reshapes: the fused
+        # kernel gives its output (and the LSE) whatever else the call carries
+        fused = self.previous is None and func is _STOCK_PYTORCH
         out, maps = attend(
             q, k, v, heads, mask=mask, skip_reshape=skip,
-            skip_output_reshape=bool(kwargs.get("skip_output_reshape", False)),
+            skip_output_reshape=call.skip_output_reshape,
             reweight=reweight, captures=captures, query_range=plan.query_range,
             compute_out=None if (fused and captures) else compute_out,
         )

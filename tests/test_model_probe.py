@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import tiny_models
 import torch
@@ -67,7 +69,7 @@ def test_capture_is_neutral_and_original_untouched(comfy, tiny_dir, name):
     stock = ksample(comfy, model, pos, neg, latent_node, cfg)["samples"]
     patched, probe = patch(comfy, model, capture_negative=True)
     out = ksample(comfy, patched, pos, neg, latent_node, cfg)["samples"]
-    assert (out - stock).abs().max().item() <= 1e-5
+    assert torch.equal(out, stock), "capture changed the sampled latent"
     assert model.model_options["transformer_options"] == before
     again = ksample(comfy, model, pos, neg, latent_node, cfg)["samples"]
     assert torch.equal(again, stock)
@@ -124,40 +126,46 @@ def test_maps_equal_naive_reference_dit(comfy, tiny_dir, name):
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
 
 
-def test_maps_equal_naive_reference_unet(comfy, tiny_dir):
-    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, "sd15")
+class PerLevel(NaiveReference):
+    """The UNet's cross-attention (77 text keys) at every level, in float64, for the cond rows."""
+
+    def __call__(self, func, q, k, v, heads, *args, **kwargs):
+        if k.shape[1] == 77 and q.shape[1] != k.shape[1]:
+            n = q.shape[1]
+            qh, kh = (t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k))
+            p = torch.softmax(qh.double() @ kh.double().transpose(-1, -2) / qh.shape[-1] ** 0.5, dim=-1)
+            to = kwargs["transformer_options"]
+            rows = p.shape[0] // len(to["cond_or_uncond"])
+            i = to["cond_or_uncond"].index(0)
+            self.maps.append((n, p[i * rows:(i + 1) * rows].mean(1)))
+        return func(q, k, v, heads, *args, **kwargs)
+
+    def expected(self, grid=(12, 16)) -> torch.Tensor:
+        """Each level's map brought to the latent grid (bilinear, as the latent halves: ceil), then the mean
+        over calls: ``[rows, 77, H, W]``."""
+        up = []
+        for n, p in self.maps:
+            h, w = grid
+            while h * w > n:
+                h, w = (h + 1) // 2, (w + 1) // 2
+            g = p.transpose(1, 2).reshape(p.shape[0], 77, h, w)
+            if (h, w) != tuple(grid):
+                g = torch.nn.functional.interpolate(g, size=grid, mode="bilinear", align_corners=False)
+            up.append(g)
+        assert len({n for n, _ in self.maps}) >= 2, "the tiny UNet should have cross-attention at two resolutions"
+        return torch.stack(up).mean(0)
+
+
+@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+def test_maps_equal_naive_reference_unet(comfy, tiny_dir, name):
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, name)
     m = model.clone()
-    grids = {}
-
-    class PerLevel(NaiveReference):
-        def __call__(self, func, q, k, v, heads, *args, **kwargs):
-            if k.shape[1] == 77 and q.shape[1] != k.shape[1]:
-                n = q.shape[1]
-                qh, kh = (t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k))
-                p = torch.softmax(qh.double() @ kh.double().transpose(-1, -2) / qh.shape[-1] ** 0.5, dim=-1)
-                to = kwargs["transformer_options"]
-                rows = p.shape[0] // len(to["cond_or_uncond"])
-                i = to["cond_or_uncond"].index(0)
-                grids.setdefault(n, len(grids))
-                self.maps.append((n, p[i * rows:(i + 1) * rows].mean(1)))
-            return func(q, k, v, heads, *args, **kwargs)
-
     ref = PerLevel(77, (12, 16), joint=False)
     m.model_options["transformer_options"]["optimized_attention_override"] = ref
     patched, probe = patch(comfy, m)
     ksample(comfy, patched, pos, neg, latent_node, cfg)
-    # each level's map brought to the 12x16 latent grid, then the mean over calls
-    levels = {192: (12, 16), 48: (6, 8), 12: (3, 4)}
-    up = []
-    for n, p in ref.maps:
-        h, w = levels[n]
-        g = p.transpose(1, 2).reshape(p.shape[0], 77, h, w)
-        if (h, w) != (12, 16):
-            g = torch.nn.functional.interpolate(g, size=(12, 16), mode="bilinear", align_corners=False)
-        up.append(g)
-    expected = torch.stack(up).mean(0)
-    assert len(grids) >= 2, "the tiny UNet should have cross-attention at two resolutions"
-    torch.testing.assert_close(probe.result.maps[("positive", 0)].double(), expected, atol=1e-5, rtol=0)
+    assert len(ref.maps) == len(probe.result.active_steps) * len(probe.result.blocks)
+    torch.testing.assert_close(probe.result.maps[("positive", 0)].double(), ref.expected(), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("mode", ["bias", "scale"])
@@ -194,7 +202,7 @@ def test_reweight_off_ignores_weights(comfy, tiny_dir):
     stock = ksample(comfy, model, pos, neg, latent_node, cfg)["samples"]
     patched, _ = patch(comfy, model, reweight="off")
     out = ksample(comfy, patched, with_layout(comfy, pos, {3: 5.0}), neg, latent_node, cfg)["samples"]
-    assert (out - stock).abs().max().item() <= 1e-5
+    assert torch.equal(out, stock)
     patched, _ = patch(comfy, model, reweight="bias", capture=False)
     out = ksample(comfy, patched, with_layout(comfy, pos, {3: 5.0}), neg, latent_node, cfg)["samples"]
     assert (out - stock).abs().max().item() > 1e-4
@@ -239,15 +247,15 @@ def test_earlier_override_still_runs(comfy, tiny_dir):
     patched, probe = patch(comfy, m)
     out = ksample(comfy, patched, pos, neg, latent_node, cfg)["samples"]
     assert len(calls) == n_plain > 0
-    assert (out - plain).abs().max().item() <= 1e-5
+    assert torch.equal(out, plain)
     assert probe.result is not None
 
 
 def test_unsupported_and_bad_inputs(comfy, tiny_dir):
     model, *_ = family(comfy, tiny_dir, "sd3")
-    with pytest.raises(ValueError, match="EnfoquePatchModel: blocks '7': block 7 is out of range"):
+    with pytest.raises(ValueError, match="blocks '7': block 7 is out of range"):
         patch(comfy, model, blocks="7")
-    with pytest.raises(ValueError, match="start_percent 0.8 must not exceed end_percent 0.2"):
+    with pytest.raises(ValueError, match="start_percent 0.8 is after end_percent 0.2"):
         patch(comfy, model, start_percent=0.8, end_percent=0.2)
     with pytest.raises(ValueError, match="cannot read 'x'"):
         patch(comfy, model, blocks="0,x")
@@ -281,7 +289,7 @@ def test_several_conds_route_by_uuid(comfy, tiny_dir):
         torch.testing.assert_close(probe2.result.maps[("positive", 0)], expect, atol=1e-6, rtol=0)
     maps = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="#3", cond_index=1)[0]
     torch.testing.assert_close(maps.maps[:, 0], b[:, 3])
-    with pytest.raises(ValueError, match="no maps for the positive conditioning #2"):
+    with pytest.raises(ValueError, match="no maps of the positive prompt number 2"):
         comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="", cond_index=2)
 
 
@@ -311,30 +319,18 @@ def test_sdpa_backend_fused_path(comfy, tiny_dir, name, monkeypatch):
     """On GPUs ComfyUI picks its SDPA backend; there the capture computes the output with the
     fused kernel SDPA itself uses (plus the LSE). This CPU host defaults to sub-quadratic
     attention, so the models' module-level backend is switched here as ComfyUI would on a GPU."""
-    import comfy.ldm.flux.math as flux_math
-    import comfy.ldm.modules.attention as attention
-    import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
-
-    for mod in (attention, mmdit, flux_math):
-        monkeypatch.setattr(mod, "optimized_attention", attention.attention_pytorch)
+    _stock_sdpa(monkeypatch)
     model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, name)
     stock = ksample(comfy, model, pos, neg, latent_node, cfg)["samples"]
-    ref = NaiveReference(pos[0][0].shape[1], (6, 8) if name != "sd15" else (12, 16), joint=name != "sd15")
+    if name == "sd15":
+        ref = PerLevel(77, (12, 16), joint=False)
+    else:
+        ref = NaiveReference(pos[0][0].shape[1], (6, 8), joint=True)
     patched, probe = patch(comfy, model)
-    hooks = comfy.submodule("nodes.model_hooks")
-    seen = []
-    real_attend = hooks.attend
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("compute_out") is None)
-        return real_attend(*args, **kwargs)
-
-    monkeypatch.setattr(hooks, "attend", spy)
+    seen = _spy_routes(comfy, monkeypatch)
     out = ksample(comfy, patched, pos, neg, latent_node, cfg)["samples"]
     assert seen and all(seen), "the capture did not take the fused route"
     assert torch.equal(out, stock), "the fused route changed the output"
-    if name == "sd15":
-        return
     m = model.clone()
     m.model_options["transformer_options"]["optimized_attention_override"] = ref
     p2, probe2 = patch(comfy, m)
@@ -342,9 +338,96 @@ def test_sdpa_backend_fused_path(comfy, tiny_dir, name, monkeypatch):
     # with an override in front the maps come from the chunked route: both routes must agree
     torch.testing.assert_close(probe.result.maps[("positive", 0)], probe2.result.maps[("positive", 0)],
                                atol=1e-5, rtol=0)
+    if name == "sd15":
+        torch.testing.assert_close(probe.result.maps[("positive", 0)].double(), ref.expected(), atol=1e-5, rtol=0)
+        return
     expected = torch.stack(ref.maps).mean(0)
     got = probe.result.maps[("positive", 0)].flatten(2).transpose(1, 2)
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
+
+
+def _stock_sdpa(monkeypatch):
+    """ComfyUI's SDPA backend, as on a GPU (this CPU host defaults to sub-quadratic attention)."""
+    import comfy.ldm.flux.math as flux_math
+    import comfy.ldm.modules.attention as attention
+    import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
+
+    for mod in (attention, mmdit, flux_math):
+        monkeypatch.setattr(mod, "optimized_attention", attention.attention_pytorch)
+    return attention
+
+
+def _spy_routes(comfy, monkeypatch) -> list[bool]:
+    """Whether each `attend` call took the fused route (no compute_out)."""
+    hooks = comfy.submodule("nodes.model_hooks")
+    seen: list[bool] = []
+    real_attend = hooks.attend
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("compute_out") is None)
+        return real_attend(*args, **kwargs)
+
+    monkeypatch.setattr(hooks, "attend", spy)
+    return seen
+
+
+def _with_attn2_replace(comfy, model, replace):
+    """A clone with another pack's attn2 replace on every UNet cross-attention."""
+    hooks = comfy.submodule("nodes.model_hooks")
+    m = model.clone()
+    for name, number, t in hooks.unet_attn2_sites(m.get_model_object("diffusion_model")):
+        m.set_model_attn2_replace(replace, name, number, t)
+    return m
+
+
+def test_attention_call_read_by_name_keeps_the_fused_route(comfy, tiny_dir, monkeypatch):
+    """Another pack's attn2 replace calls ComfyUI's attention with every argument by position
+    (mask, attn_precision, skip_reshape, skip_output_reshape): still the fused route, the stock output,
+    and the maps of the plain graph."""
+    attention = _stock_sdpa(monkeypatch)
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, "sd15")
+
+    def positional(q, k, v, extra):
+        return attention.optimized_attention(q, k, v, extra["n_heads"], None, extra["attn_precision"], False, False,
+                                             transformer_options=extra)
+
+    m = _with_attn2_replace(comfy, model, positional)
+    stock = ksample(comfy, m, pos, neg, latent_node, cfg)["samples"]
+    plain, plain_probe = patch(comfy, model)
+    ksample(comfy, plain, pos, neg, latent_node, cfg)
+    patched, probe = patch(comfy, m)
+    seen = _spy_routes(comfy, monkeypatch)
+    out = ksample(comfy, patched, pos, neg, latent_node, cfg)["samples"]
+    assert seen and all(seen), "an argument passed by position turned the fused route off"
+    assert torch.equal(out, stock)
+    torch.testing.assert_close(probe.result.maps[("positive", 0)], plain_probe.result.maps[("positive", 0)],
+                               atol=1e-6, rtol=0)
+
+
+class Boxed(torch.Tensor):
+    """A tensor subclass, as a newer ComfyUI or another pack may hand q/k/v."""
+
+
+def test_qkv_containers_pass_through_and_are_logged_once_per_run(comfy, tiny_dir, caplog):
+    import comfy.ldm.modules.attention as attention
+
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, "sd15")
+
+    def boxed(q, k, v, extra):
+        return attention.optimized_attention(q.as_subclass(Boxed), k, v, extra["n_heads"],
+                                             transformer_options=extra)
+
+    m = _with_attn2_replace(comfy, model, boxed)
+    stock = ksample(comfy, m, pos, neg, latent_node, cfg)["samples"]
+    patched, probe = patch(comfy, m)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            out = ksample(comfy, patched, pos, neg, latent_node, cfg)["samples"]
+            assert torch.equal(out.as_subclass(torch.Tensor), stock.as_subclass(torch.Tensor))
+    said = [r.getMessage() for r in caplog.records if "not plain tensors" in r.getMessage()]
+    assert len(said) == 2, said  # once in each run
+    assert "q/k/v come as Boxed, Tensor, not plain tensors" in said[0]
+    assert probe.result.maps == {}
 
 
 def test_per_block_maps(comfy, tiny_dir):
@@ -361,7 +444,7 @@ def test_per_block_maps(comfy, tiny_dir):
     m = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="#4", block=1)[0]
     torch.testing.assert_close(m.maps[:, 0], per[1][:, 4])
     assert m.meta["blocks"] == [1]
-    with pytest.raises(ValueError, match="choose a step or a block, not both"):
+    with pytest.raises(ValueError, match="choose a step or a block"):
         comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="", block=1, step=0)
     with pytest.raises(ValueError, match="block 7 was not captured; captured blocks: 0, 1"):
         comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="", block=7)

@@ -1,0 +1,78 @@
+"""What EnfoquePatchModel refuses before a sampling run starts, with messages a user can act on:
+weights attention cannot apply, capture words that are not words of the prompt, and a capture
+whose running sums would not fit the memory budget."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from ..attention.tokens import brief, shown_words
+from .probe_types import ProbeConfig, Route
+
+NODE = "Enfoque Patch Model"  # the display name: errors name the node as the canvas shows it
+
+
+def check_weights(config: ProbeConfig, routes: Iterable[Route]) -> None:
+    """Weights attention cannot apply are refused before sampling, naming the word."""
+    mode = config.reweight
+    if mode == "off":
+        return
+    for r in routes:
+        for pos, w in r.layout.weights.items():
+            if math.isfinite(w) and (w >= 0 or mode != "bias"):
+                continue
+            word = next((wd for wd, sp in zip(r.layout.words, r.layout.spans, strict=True) if pos in sp), f"#{pos}")
+            if not math.isfinite(w):
+                raise ValueError(
+                    f"{NODE}: the {r.role} prompt gives {brief(word)!r} the weight {w}; weights must "
+                    "be finite numbers >= 0. Change the weight in the prompt or in Enfoque Token Weights"
+                )
+            raise ValueError(
+                f"{NODE}: the {r.role} prompt gives {brief(word)!r} the weight {w:g}; bias mode needs "
+                "weights >= 0 (0 removes a word). Change the weight or use reweight 'scale' or 'off'"
+            )
+
+
+def check_capture_words(config: ProbeConfig, routes: Iterable[Route]) -> None:
+    """Every capture word must be a word of a positive prompt: a typo would otherwise capture everything."""
+    positive = [r.layout for r in routes if r.role == "positive"]
+    if not config.capture or not config.capture_words or not positive:
+        return
+    missing = [w for w in config.capture_words if not any(lay.find(w) for lay in positive)]
+    if not missing:
+        return
+    if not all(lay.labelled for lay in positive):
+        raise ValueError(
+            f"{NODE}: capture_words {brief(', '.join(missing))!r}: the prompt was encoded by a stock CLIP, so "
+            "it has no words (only positions #0, #1, ...); put Enfoque Patch CLIP before the text encode, or leave "
+            "capture_words empty"
+        )
+    shown = shown_words(dict.fromkeys(w for lay in positive for w in lay.words))
+    raise ValueError(
+        f"{NODE}: capture_words {brief(', '.join(missing))!r} are not words of the positive prompt "
+        f"({shown}); fix capture_words or leave it empty to capture every word"
+    )
+
+
+def capture_bytes(config: ProbeConfig, routes: Iterable[Route], images: int, grid: tuple[int, int], steps: int,
+                  blocks: int) -> tuple[int, int]:
+    """(captured tokens, bytes) the running sums of a run take: float32 ``[images, tokens, H, W]``, once
+    for the mean and once more per kept step / block."""
+    tokens = sum(len(r.columns) for r in routes if config.captures(r.role))
+    copies = 1 + (steps if config.keep_steps else 0) + (blocks if config.keep_blocks else 0)
+    return tokens, images * tokens * grid[0] * grid[1] * 4 * copies
+
+
+def check_budget(config: ProbeConfig, routes: Iterable[Route], images: int, grid: tuple[int, int], steps: int,
+                 blocks: int) -> None:
+    """Refuse, before sampling starts, a capture whose running sums would not fit the budget."""
+    if not config.capture:
+        return
+    tokens, need = capture_bytes(config, routes, images, grid, steps, blocks)
+    if need > config.budget_mb * 2**20:
+        raise ValueError(
+            f"{NODE}: capturing {tokens} tokens for {images} image(s) on a {grid[0]}x{grid[1]} grid "
+            f"needs {need / 2**20:.0f} MB, over the budget of {config.budget_mb:.0f} MB; raise budget_mb, "
+            "capture fewer words (capture_words) or use a smaller batch"
+        )

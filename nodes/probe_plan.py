@@ -1,0 +1,105 @@
+"""What one attention call captures and reweights: built once per call shape of a run.
+
+The batch of an attention call holds the rows of several conditionings (``uuids``, in
+order, equal numbers of rows). The model attends to ``txt_len`` text tokens; a conditioning
+of its own length ``L`` is there ``txt_len / L`` times (ComfyUI repeats shorter
+conditionings to the least common multiple when it batches several lengths together), so
+its captured columns and weights repeat every ``L`` positions and the captured copies are
+summed back into one. A ``txt_len`` that is no whole number of copies is not this
+conditioning's text: it is skipped for that call and the run's log says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..attention.engine import Capture, Reweight
+from .probe_run import RunLog
+from .probe_types import ProbeConfig, Region, Route, Site
+
+
+@dataclass
+class Plan:
+    captures: list[Capture]
+    keys: list[Hashable]
+    copies: list[int]
+    regions: list[Region | None]
+    reweight: Reweight | None
+    query_range: tuple[int, int] | None
+
+
+def region_for(area, latent_hw: tuple[int, int], patch: int, grid: tuple[int, int], name: str,
+               log: RunLog) -> Region | None:
+    """Where an area conditioning's queries land on the map grid. ``area`` is ComfyUI's resolved
+    ``(h, w, y, x)`` in latent pixels (ConditioningSetArea), clamped as ComfyUI crops the latent."""
+    h, w, y, x = (int(a) for a in area)
+    lh, lw = latent_hw
+    h, w = min(lh - y, h), min(lw - x, w)
+    if (y, x, h, w) == (0, 0, lh, lw):
+        return None
+    if patch > 1 and (y % patch or x % patch):
+        log.once(("area-offset", name), "the %s has an area at latent (%d, %d), not on the %dx%d patch grid; its "
+                 "maps are placed at the nearest patch", name, y, x, patch, patch)
+    gy, gx = y // patch, x // patch
+    gh, gw = math.ceil(h / patch), math.ceil(w / patch)
+    gh, gw = min(gh, grid[0] - gy), min(gw, grid[1] - gx)
+    return Region(gy, gx, gh, gw)
+
+
+def build_plan(site: Site, uuids: list, routes: dict[Any, Route], regions: dict[Any, Region | None],
+               config: ProbeConfig, call_grid: tuple[int, int], q_len: int, k_len: int, batch: int,
+               device: torch.device, log: RunLog) -> Plan | None:
+    """Captures (rows x columns), reweighting and query range of one attention call shape, or None."""
+    if not uuids or batch % len(uuids):
+        log.once(("rows", batch, len(uuids)), "an attention call of %d rows for %d conditionings cannot be split "
+                 "into prompts; it is neither captured nor reweighted", batch, len(uuids))
+        return None
+    rows = batch // len(uuids)
+    captures, keys, copies, places = [], [], [], []
+    weights = None
+    for i, u in enumerate(uuids):
+        route = routes.get(u)
+        if route is None:
+            log.once(("unknown", u), "a conditioning the run did not start with reached the model; its rows are "
+                     "neither captured nor reweighted")
+            continue
+        length = route.length
+        if length <= 0 or site.txt_len % length:
+            log.once(("length", route.role, route.index, site.txt_len),
+                     "the %s has %d context tokens, but block %d attends to %d text tokens, no whole number of "
+                     "copies of it; its maps and weights are skipped there", route.name, length, site.block,
+                     site.txt_len)
+            continue
+        reps = site.txt_len // length
+        sl = slice(i * rows, (i + 1) * rows)
+        if config.captures(route.role) and route.columns:
+            cols = torch.tensor(route.columns, dtype=torch.long)
+            cols = torch.cat([cols + m * length for m in range(reps)]).to(device)
+            captures.append(Capture(sl, cols))
+            keys.append((route.role, route.index))
+            copies.append(reps)
+            places.append(regions.get(u))
+        if config.reweight != "off" and route.layout.weights:
+            if weights is None:
+                weights = torch.ones(batch, k_len)
+            for pos, wt in route.layout.weights.items():
+                for m in range(reps):
+                    weights[sl, pos + m * length] = wt
+    reweight = Reweight.build(weights.to(device), config.reweight) if weights is not None else None
+    if site.seq_len is None:
+        query_range = (0, q_len)
+    else:
+        n_img = call_grid[0] * call_grid[1]
+        if captures and q_len < site.txt_len + n_img:
+            log.once(("queries", site.block, q_len), "block %d has %d queries, fewer than its %d text and %d image "
+                     "tokens; it is not captured", site.block, q_len, site.txt_len, n_img)
+            captures, keys, copies, places = [], [], [], []
+        query_range = (site.txt_len, site.txt_len + n_img)
+    if not captures and reweight is None:
+        return None
+    return Plan(captures, keys, copies, places, reweight, query_range)
