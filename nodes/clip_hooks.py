@@ -279,12 +279,12 @@ class EncodeTokenWeights(Shared):
                 w = torch.tensor([[float(it[1]) for it in c] for c in s.chunks], dtype=torch.float32)
                 if not bool(torch.isfinite(w).all()):
                     raise ValueError(
-                        "EnfoquePatchCLIP: a prompt weight is not a number (nan or inf), which attention cannot "
+                        "Enfoque Patch CLIP: a prompt weight is not a number (nan or inf), which attention cannot "
                         "apply; write weights such as (cat:1.2), 0 removes a word"
                     )
                 if bool((w < 0).any()):
                     raise ValueError(
-                        f"EnfoquePatchCLIP: the prompt weight {float(w.min()):g} is negative, which attention cannot "
+                        f"Enfoque Patch CLIP: the prompt weight {float(w.min()):g} is negative, which attention cannot "
                         "apply (it biases by log w); use weights >= 0 (0 removes a word) or weight_mode 'comfy'"
                     )
                 if bool((w != 1.0).any()):
@@ -381,7 +381,7 @@ def install(clip, weight_mode: str, capture: bool):
                     found += 1
     if found == 0:
         raise ValueError(
-            "EnfoquePatchCLIP: this CLIP has no CLIP-L, CLIP-G or T5 encoder Enfoque knows; "
+            "Enfoque Patch CLIP: this CLIP has no CLIP-L, CLIP-G or T5 encoder Enfoque knows; "
             "supported: the encoders of SD1.5, SDXL, SD3/SD3.5 and Flux"
         )
     return c, probe

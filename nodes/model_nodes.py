@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import math
 
+import comfy.patcher_extension as patcher_extension
 import torch
 from comfy_api.latest import io
 
-from ..attention.maps import AttentionMaps, pool_tokens, share_of_text
-from ..attention.tokens import brief, parse_blocks, shown_words
+from ..attention.maps import pool_tokens, share_of_text
+from ..attention.tokens import brief, parse_blocks
 from .model_hooks import SUPPORTED, ModelProbe, ProbeConfig, block_count, install, model_family
+from .notices import IgnoredWeightsNotice
 from .output_nodes import word_preview_images
-from .types import Maps, Probe
+from .types import (
+    ATTENTION_MAPS,
+    PATCH_CLIP,
+    PATCH_MODEL,
+    Frame,
+    FramedMaps,
+    Maps,
+    ModelProbeType,
+    listed,
+)
 
 CATEGORY = "Enfoque"
 
@@ -34,16 +45,20 @@ def word_spans(layout, columns: list[int], query: str, node: str) -> tuple[list[
         if not layout.labelled:
             if not item.startswith("#") or not item[1:].isdigit():
                 raise ValueError(
-                    f"{node}: the prompt was encoded by a stock CLIP, so its maps are labelled by context position "
-                    f"(#0, #1, ...); {brief(item)!r} is not one. Put EnfoquePatchCLIP before the text encode to use words."
+                    f"{node}: {brief(item)!r} in words: the prompt was encoded by a stock CLIP, so its maps are "
+                    f"labelled by context position (#0, #1, ...). Put {PATCH_CLIP} before the text encode to "
+                    "use words, or name positions such as #3."
                 )
             hits = [int(item[1:])] if int(item[1:]) < len(layout.words) else []
         else:
             hits = layout.find(item)
         idx = [col[p] for i in hits for p in layout.spans[i] if p in col]
         if not idx:
-            raise ValueError(f"{node}: {brief(item)!r} is not among the captured prompt words: "
-                             f"{shown_words(layout.words)}")
+            captured = [w for w, s in zip(layout.words, layout.spans, strict=True) if any(p in col for p in s)]
+            raise ValueError(
+                f"{node}: {brief(item)!r} in words is not a captured word of the prompt; captured words: "
+                f"{listed(captured)}. Pick words from these, or leave words empty for all of them."
+            )
         labels.append(item)
         spans.append(idx)
     return labels, spans
@@ -52,12 +67,17 @@ def word_spans(layout, columns: list[int], query: str, node: str) -> tuple[list[
 def pick_one(node: str, kind: str, index: int, kept: bool, per: dict):
     """The map of one step or one block, with errors a user can act on."""
     if not kept:
-        raise ValueError(f"{node}: {kind} {index} needs per-{kind} maps; turn on keep_{kind}s on EnfoquePatchModel "
-                         f"(or use {kind} -1 for the mean)")
+        raise ValueError(f"{node}: {kind} {index} needs the map of each {kind}; turn on keep_{kind}s on "
+                         f"{PATCH_MODEL}, or set {kind} to -1 for the mean.")
     if index not in per:
-        raise ValueError(f"{node}: {kind} {index} was not captured; captured {kind}s: "
-                         f"{', '.join(map(str, sorted(per))) or 'none'} (or -1 for the mean)")
+        raise ValueError(f"{node}: {kind} {index} was not captured; captured {kind}s: {listed(sorted(per))}. "
+                         f"Set {kind} to one of them, or -1 for the mean.")
     return per[index]
+
+
+def frames_of(per: dict, spans: list[list[int]], labels: list[str], caption) -> tuple[Frame, ...]:
+    """One word-pooled map per kept step or block, in order, each with its caption."""
+    return tuple(Frame(caption(k), pool_tokens(per[k], spans, words=labels)) for k in sorted(per))
 
 
 class EnfoquePatchModel(io.ComfyNode):
@@ -65,17 +85,20 @@ class EnfoquePatchModel(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="EnfoquePatchModel",
-            display_name="Enfoque Patch Model",
+            display_name=PATCH_MODEL,
             category=CATEGORY,
-            description="Instruments the diffusion model's attention: exact per-word attention maps and "
-            f"per-token weights that act inside attention. Supports {SUPPORTED}.",
+            description="Instruments the diffusion model's attention: exact per-word attention maps (read them "
+            f"with {ATTENTION_MAPS}) and word weights that act inside attention (from the prompt's (word:1.2) "
+            f"or from Enfoque Token Weights). Supports {SUPPORTED}.",
             inputs=[
                 io.Model.Input("model"),
                 io.Boolean.Input("capture", default=True, tooltip="Record where the image attends to each prompt word."),
                 io.Combo.Input(
                     "reweight", options=["off", "bias", "scale"], default="bias",
-                    tooltip="How token weights from the conditioning act: bias = softmax(logits + log w), "
-                    "renormalised; scale = Prompt-to-Prompt post-softmax multiply; off = ignore them.",
+                    tooltip="How word weights act inside attention. bias: a weight changes the word's share of "
+                    "the attention and the other words make room (0 removes the word). scale: the word's "
+                    "attention is multiplied, nothing else changes (as Prompt-to-Prompt). off: weights are "
+                    "ignored (a notice says so when the prompt has some).",
                 ),
                 io.String.Input("blocks", default="all", tooltip="Blocks to capture and reweight: 'all', '8-16' or '0,3,5'. "
                                 "Flux numbers double blocks first, then single blocks."),
@@ -88,32 +111,38 @@ class EnfoquePatchModel(io.ComfyNode):
                 io.String.Input("capture_words", default="", optional=True,
                                 tooltip="Only capture these words (comma separated); empty = all words."),
                 io.Float.Input("budget_mb", default=1024.0, min=1.0, max=65536.0, step=1.0, optional=True,
-                               tooltip="Most memory the captured maps may take."),
+                               tooltip="Most memory, in MB, the captured maps may take."),
                 io.Boolean.Input("keep_steps", default=False, optional=True,
-                                 tooltip="Also keep one map per sampling step (EnfoqueAttentionMaps' step input); "
-                                 "each step costs as much memory as the mean, within budget_mb."),
+                                 tooltip=f"Also keep one map per sampling step ({ATTENTION_MAPS}' step input, "
+                                 "Enfoque Heatmaps' over: steps); each step costs as much memory as the mean, "
+                                 "within budget_mb."),
                 io.Boolean.Input("keep_blocks", default=False, optional=True,
-                                 tooltip="Also keep one map per block (EnfoqueAttentionMaps' block input); "
-                                 "each block costs as much memory as the mean, within budget_mb."),
+                                 tooltip=f"Also keep one map per block ({ATTENTION_MAPS}' block input, "
+                                 "Enfoque Heatmaps' over: blocks); each block costs as much memory as the mean, "
+                                 "within budget_mb."),
             ],
-            outputs=[io.Model.Output(), Probe.Output(display_name="probe")],
+            outputs=[io.Model.Output(), ModelProbeType.Output(display_name="probe")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, model, capture, reweight, blocks, start_percent, end_percent,
                 capture_negative=False, capture_words="", budget_mb=1024.0, keep_steps=False,
                 keep_blocks=False) -> io.NodeOutput:
-        node = "EnfoquePatchModel"
+        node = PATCH_MODEL
         if reweight not in ("off", "bias", "scale"):
-            raise ValueError(f"{node}: reweight {reweight!r} is not one of off, bias, scale")
+            raise ValueError(f"{node}: reweight {brief(reweight)!r} is not an option; options: off, bias, scale. "
+                             "Pick one of them.")
         for name, value in (("start_percent", start_percent), ("end_percent", end_percent), ("budget_mb", budget_mb)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise ValueError(f"{node}: {name} must be a number, got {value!r}; set it to a value in its range")
+                raise ValueError(f"{node}: {name} {brief(value)!r} is not a number; set it to a number in its range.")
         if budget_mb <= 0:
-            raise ValueError(f"{node}: budget_mb {budget_mb} must be positive (megabytes the maps may take)")
+            raise ValueError(f"{node}: budget_mb {budget_mb} is not positive; set the megabytes the maps may take, "
+                             "e.g. 1024.")
         if not 0.0 <= start_percent <= end_percent <= 1.0:
             raise ValueError(
-                f"{node}: start_percent {start_percent} must not exceed end_percent {end_percent} (both in 0..1)"
+                f"{node}: start_percent {start_percent} is after end_percent {end_percent}; set start_percent to "
+                "at most end_percent (both between 0 and 1)."
             )
         family, dm = model_family(model)
         selected = parse_blocks(blocks, block_count(family, dm), node)
@@ -124,6 +153,11 @@ class EnfoquePatchModel(io.ComfyNode):
                              budget_mb=float(budget_mb), keep_steps=bool(keep_steps),
                              keep_blocks=bool(keep_blocks))
         patched, probe = install(model, config)
+        # with reweight off, weights on the prompt do nothing: say so at each sampling run (and clear it otherwise)
+        patched.add_wrapper_with_key(
+            patcher_extension.WrappersMP.OUTER_SAMPLE, probe.key + "_notice",
+            IgnoredWeightsNotice(cls.hidden.unique_id if cls.hidden else None, active=reweight == "off"),
+        )
         return io.NodeOutput(patched, probe)
 
 
@@ -132,62 +166,69 @@ class EnfoqueAttentionMaps(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="EnfoqueAttentionMaps",
-            display_name="Enfoque Attention Maps",
+            display_name=ATTENTION_MAPS,
             category=CATEGORY,
-            description="Per-word attention maps of the last sampling run of a model patched by EnfoquePatchModel.",
+            description=f"Per-word attention maps of the last sampling run of a model patched by {PATCH_MODEL}.",
             inputs=[
-                Probe.Input("probe"),
+                ModelProbeType.Input("probe", tooltip=f"The probe output of {PATCH_MODEL}."),
                 io.Latent.Input("latent", tooltip="The sampler's output; it only makes this node run after sampling."),
                 io.String.Input("words", default="", tooltip="Words or phrases, comma separated; empty = every prompt word."),
                 io.Combo.Input("prompt", options=["positive", "negative"], default="positive", optional=True,
-                               tooltip="Whose maps: the positive prompt's, or the negative's (needs capture_negative)."),
-                io.Int.Input("cond_index", default=0, min=0, max=64, optional=True,
-                             tooltip="Which conditioning when several were combined."),
+                               tooltip="Whose maps: the positive prompt's, or the negative's (needs capture_negative "
+                               f"on {PATCH_MODEL})."),
+                io.Int.Input("cond_index", display_name="prompt_number", default=0, min=0, max=64, optional=True,
+                             tooltip="Which prompt, when several conditionings were combined (Conditioning "
+                             "(Combine)): 0 = the first."),
                 io.Int.Input("step", default=-1, min=-1, max=10000, optional=True,
                              tooltip="-1 = mean over the step window; k = the map of sampling step k "
-                             "(needs keep_steps on EnfoquePatchModel)."),
+                             f"(needs keep_steps on {PATCH_MODEL})."),
                 io.Int.Input("block", default=-1, min=-1, max=1000, optional=True,
                              tooltip="-1 = mean over the blocks; k = the map of block k alone "
-                             "(needs keep_blocks on EnfoquePatchModel; not together with step)."),
+                             f"(needs keep_blocks on {PATCH_MODEL}; not together with step)."),
             ],
             outputs=[Maps.Output(display_name="maps")],
         )
 
     @classmethod
     def execute(cls, probe, latent, words, prompt="positive", cond_index=0, step=-1, block=-1) -> io.NodeOutput:
-        node = "EnfoqueAttentionMaps"
+        node = ATTENTION_MAPS
         if not isinstance(probe, ModelProbe):
-            raise ValueError(f"{node}: the probe must come from EnfoquePatchModel")
+            got = f"a probe of {PATCH_CLIP}" if getattr(probe, "kind", None) == "clip" else type(probe).__name__
+            raise ValueError(f"{node}: probe is {got}, not the probe of {PATCH_MODEL}; connect the probe output "
+                             f"of {PATCH_MODEL}.")
         if prompt not in ("positive", "negative"):
-            raise ValueError(f"{node}: prompt {brief(prompt)!r} is not one of positive, negative")
+            raise ValueError(f"{node}: prompt {brief(prompt)!r} is not an option; options: positive, negative. "
+                             "Pick one of them.")
         if not probe.config.capture:
-            raise ValueError(f"{node}: capture is off on EnfoquePatchModel; turn it on to get maps")
+            raise ValueError(f"{node}: capture is off on {PATCH_MODEL}, so nothing was recorded; turn capture on.")
         samples = latent.get("samples") if isinstance(latent, dict) else None
         shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) and samples.ndim >= 3 else None
         res = probe.result_for(shape)
         if res is None and not probe.results:
             raise ValueError(
-                f"{node}: no finished sampling run was recorded; connect the LATENT of a sampler that uses the "
-                "MODEL from the same EnfoquePatchModel"
+                f"{node}: no finished sampling run was recorded by this probe; connect the LATENT output of a "
+                f"sampler that uses the MODEL from the same {PATCH_MODEL}, and run it."
             )
         if res is None:
-            kept = "; ".join(f"{r.batch} image(s) on a {r.grid[0]}x{r.grid[1]} grid" for r in probe.results)
+            kept = listed(f"{r.batch} image(s) on a {r.grid[0]}x{r.grid[1]} grid" for r in probe.results)
             gh, gw = probe.grid_for(shape[-2], shape[-1])
             raise ValueError(
-                f"{node}: no sampling run of this probe matches the latent ({shape[0]} image(s) on a {gh}x{gw} grid; "
-                f"recorded: {kept}); connect the LATENT output of the sampler that used the MODEL from this "
-                "EnfoquePatchModel"
+                f"{node}: no sampling run of this probe matches the latent ({shape[0]} image(s) on a {gh}x{gw} grid); "
+                f"recorded runs: {kept}. Connect the LATENT output of the sampler that used the MODEL from this "
+                f"{PATCH_MODEL}."
             )
         key = (prompt, int(cond_index))
         if key not in res.maps:
-            have = ", ".join(f"{r} #{i}" for r, i in sorted(res.maps)) or "none"
-            hint = " (turn on capture_negative)" if prompt == "negative" else ""
-            raise ValueError(f"{node}: no maps for the {prompt} conditioning #{cond_index}{hint}; recorded: {have}")
+            have = listed(f"{r} #{i}" for r, i in sorted(res.maps))
+            hint = f" To see the negative prompt, turn on capture_negative on {PATCH_MODEL}." if prompt == "negative" else ""
+            raise ValueError(f"{node}: no maps of the {prompt} prompt number {cond_index}; recorded: {have}. "
+                             f"Set prompt and prompt_number to one of these.{hint}")
         route = res.routes[key]
         token_maps = res.maps[key]
         steps = res.active_steps
         if int(step) >= 0 and int(block) >= 0:
-            raise ValueError(f"{node}: choose a step or a block, not both (set one of them to -1)")
+            raise ValueError(f"{node}: step {step} and block {block} are both set; choose a step or a block, "
+                             "and set the other to -1.")
         if int(step) >= 0:
             per_step = res.step_maps.get(key, {})
             token_maps, steps = pick_one(node, "step", int(step), probe.config.keep_steps, per_step), [int(step)]
@@ -197,6 +238,12 @@ class EnfoqueAttentionMaps(io.ComfyNode):
             token_maps, blocks = pick_one(node, "block", int(block), probe.config.keep_blocks, per_block), [int(block)]
         labels, spans = word_spans(route.layout, route.columns, words, node)
         maps = pool_tokens(token_maps, spans, words=labels)
+        sigmas = res.step_sigmas
+        step_frames = frames_of(
+            res.step_maps.get(key, {}), spans, labels,
+            lambda k: f"step {k}" + (f"  sigma {sigmas[k]:.3f}" if k in sigmas else ""),
+        )
+        block_frames = frames_of(res.block_maps.get(key, {}), spans, labels, lambda k: f"block {k}")
         lh, lw = (shape[-2], shape[-1]) if shape is not None else res.grid
         meta = {
             "model_family": probe.family,
@@ -208,6 +255,7 @@ class EnfoqueAttentionMaps(io.ComfyNode):
             "labelled": route.layout.labelled,
             "blocks": blocks,
             "steps": steps,
+            "step_sigmas": {str(k): v for k, v in sorted(sigmas.items()) if k in steps},
             "sigma_window": [probe.config.start_percent, probe.config.end_percent],
             "reweight": probe.config.reweight,
             "grid": list(res.grid),
@@ -215,7 +263,7 @@ class EnfoqueAttentionMaps(io.ComfyNode):
             "normalisation": "none (mean attention probability over heads, blocks and steps)",
             "run": res.run,
         }
-        out = AttentionMaps(maps=maps, words=labels, meta=meta)
+        out = FramedMaps(maps=maps, words=labels, meta=meta, steps=step_frames, blocks=block_frames)
         # for the frontend's word chips (js/enfoque.js): words, shares, one heatmap PNG per word
         ui = {
             "enfoque_words": list(out.words),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,18 +19,31 @@ import folder_paths
 import numpy as np
 import torch
 from comfy_api.latest import io, ui
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from ..attention import export
 from ..attention.colormaps import COLORMAPS, apply_colormap
 from ..attention.maps import AttentionMaps, normalise, resize, select, share_of_text, to_mask
-from ..attention.render import heatmap_panels
-from .types import Maps
+from ..attention.render import heatmap_panels, load_font
+from .types import (
+    ATTENTION_MAPS,
+    DISPLAY_NAMES,
+    HEATMAPS,
+    LOAD_MAPS,
+    MAPS_TO_MASK,
+    PATCH_MODEL,
+    SAVE_MAPS,
+    FramedMaps,
+    Maps,
+)
 
 log = logging.getLogger(__name__)
 
 CATEGORY = "Enfoque"
 HEATMAP_NORMALISATIONS = ["minmax", "text", "softmax", "none"]
+OVER = ["mean", "steps", "blocks"]
+MAX_FRAMES_BYTES = 2 * 2**30  # the IMAGE batch of every frame together (float32)
+MAPS_FROM = f"Attention maps from {ATTENTION_MAPS} or {LOAD_MAPS}."
 MAX_SIZE = 16384
 _SAVE_RETRIES = 100
 
@@ -38,8 +52,8 @@ def check_maps(maps: Any, node: str) -> AttentionMaps:
     """The ENFOQUE_MAPS value, checked again here because tensors stay mutable after creation."""
     if not isinstance(maps, AttentionMaps):
         raise ValueError(
-            f"{node}: 'maps' must be ENFOQUE_MAPS (from EnfoqueAttentionMaps or EnfoqueLoadAttentionMaps), "
-            f"got {type(maps).__name__}. Connect one of those nodes."
+            f"{node}: maps is {type(maps).__name__}, not ENFOQUE_MAPS; connect the maps output of "
+            f"{ATTENTION_MAPS} or {LOAD_MAPS}."
         )
     if not bool(torch.isfinite(maps.maps).all()):
         raise ValueError(
@@ -55,9 +69,20 @@ def _brief(text: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _output(node: str, exc: Exception) -> ValueError:
-    """Re-raise an engine error with the node's name in front."""
-    return ValueError(f"{node}: {exc}")
+_INTERNAL_PREFIX = re.compile(r"^(?:[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*: )+")
+
+
+def engine_message(exc: Exception) -> str:
+    """An engine error as a user reads it: no internal function name in front, nodes by their display names."""
+    text = _INTERNAL_PREFIX.sub("", str(exc))
+    for node_id, name in DISPLAY_NAMES.items():
+        text = re.sub(rf"\b{node_id}\b", name, text)
+    return text
+
+
+def _output(node: str, exc: Exception, fix: str = "") -> ValueError:
+    """An engine error with the node's display name in front (once), and the fix if the engine gave none."""
+    return ValueError(f"{node}: {engine_message(exc)}{' ' + fix if fix else ''}")
 
 
 # ---------------------------------------------------------------------------
@@ -72,14 +97,14 @@ class EnfoqueHeatmaps(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="EnfoqueHeatmaps",
-            display_name="Enfoque Heatmaps",
+            display_name=HEATMAPS,
             category=CATEGORY,
             description="One captioned heatmap per word ('cat 23%': its share of the attention over the words "
-            "shown), laid out in a grid; blended over the image when one is connected.",
+            "shown), laid out in a grid; blended over the image when one is connected. With over = steps or "
+            "blocks, one such picture per sampling step or per block: an IMAGE batch that Save Animated WEBP "
+            "turns into an animation.",
             inputs=[
-                Maps.Input(
-                    "maps", tooltip="Attention maps from EnfoqueAttentionMaps or EnfoqueLoadAttentionMaps."
-                ),
+                Maps.Input("maps", tooltip=MAPS_FROM),
                 io.Image.Input(
                     "image",
                     optional=True,
@@ -113,37 +138,54 @@ class EnfoqueHeatmaps(io.ComfyNode):
                     max=64,
                     tooltip="Panels per row; 0 = automatic (about square).",
                 ),
+                io.Combo.Input(
+                    "over",
+                    options=OVER,
+                    default="mean",
+                    optional=True,
+                    tooltip="mean: one picture of the maps as given. steps: one picture per sampling step "
+                    f"(needs keep_steps on {PATCH_MODEL}); blocks: one per block (needs keep_blocks). Each "
+                    "picture is captioned with the step and its sigma, or the block; images of a batch sit side "
+                    "by side.",
+                ),
             ],
             outputs=[io.Image.Output(display_name="image")],
+            is_output_node=True,  # shows its picture (and the word chips) with nothing attached
         )
 
     @classmethod
-    def execute(cls, maps, colormap, opacity, normalisation, columns, image=None) -> io.NodeOutput:
-        node = "EnfoqueHeatmaps"
+    def execute(
+        cls, maps, colormap, opacity, normalisation, columns, image=None, over="mean"
+    ) -> io.NodeOutput:
+        node = HEATMAPS
         maps = check_maps(maps, node)
-        if colormap not in COLORMAPS:
-            raise ValueError(
-                f"{node}: colormap {colormap!r} is unknown; choose one of {', '.join(COLORMAPS)}."
-            )
-        if normalisation not in HEATMAP_NORMALISATIONS:
-            raise ValueError(
-                f"{node}: normalisation {normalisation!r} is unknown; choose one of {', '.join(HEATMAP_NORMALISATIONS)}."
-            )
+        for name, value, options in (
+            ("colormap", colormap, list(COLORMAPS)),
+            ("normalisation", normalisation, HEATMAP_NORMALISATIONS),
+            ("over", over, OVER),
+        ):
+            if value not in options:
+                raise ValueError(
+                    f"{node}: {name} {_brief(value)!r} is not an option; options: {', '.join(options)}. "
+                    "Pick one of them."
+                )
         if len(maps.words) == 0:
             raise ValueError(
-                f"{node}: the maps hold no words (empty prompt or empty selection); give the prompt some words "
-                "or leave 'words' empty on EnfoqueAttentionMaps."
+                f"{node}: the maps hold no words (an empty prompt or an empty selection); give the prompt some "
+                f"words, or leave words empty on {ATTENTION_MAPS}."
             )
+        draw = {
+            "image": image,
+            "colormap": colormap,
+            "opacity": float(opacity),
+            "normalisation": normalisation,
+            "columns": int(columns) if int(columns) > 0 else None,
+        }
         try:
-            picture = heatmap_panels(
-                maps,
-                image=image,
-                colormap=colormap,
-                opacity=float(opacity),
-                normalisation=normalisation,
-                columns=int(columns) if int(columns) > 0 else None,
-            )
+            picture = heatmap_panels(maps, **draw) if over == "mean" else frame_pictures(maps, over, node, draw)
         except ValueError as exc:
+            if str(exc).startswith(f"{node}: "):
+                raise
             raise _output(node, exc) from exc
         payload = ui.PreviewImage(picture, cls=cls).as_dict()
         payload["enfoque_words"] = list(maps.words)
@@ -152,6 +194,43 @@ class EnfoqueHeatmaps(io.ComfyNode):
         ]
         payload["enfoque_word_images"] = word_preview_images(maps, image, colormap, float(opacity), normalisation)
         return io.NodeOutput(picture, ui=payload)
+
+
+def frame_pictures(maps: AttentionMaps, over: str, node: str, draw: dict) -> torch.Tensor:
+    """One heatmap picture per kept step or block, captioned with it: ``[frames, H, W, 3]``."""
+    kind = over[:-1]
+    frames = getattr(maps, over, ()) if isinstance(maps, FramedMaps) else ()
+    if not frames:
+        raise ValueError(
+            f"{node}: over {over!r} needs the maps of each {kind}, and these maps hold only their mean. Turn on "
+            f"keep_{over} on {PATCH_MODEL} and run again (maps loaded from a file keep only the mean), or set "
+            "over to mean."
+        )
+    pictures = []
+    for i, frame in enumerate(frames):
+        panels = heatmap_panels(AttentionMaps(maps=frame.maps, words=maps.words, meta=maps.meta), **draw)
+        picture = _titled(torch.cat(list(panels), dim=1)[None], f"{frame.caption}   ({i + 1}/{len(frames)})")
+        if i == 0 and picture.numel() * 4 * len(frames) > MAX_FRAMES_BYTES:
+            raise ValueError(
+                f"{node}: {len(frames)} frames of {picture.shape[2]}x{picture.shape[1]} px need "
+                f"{picture.numel() * 4 * len(frames) / 2**30:.1f} GB, over {MAX_FRAMES_BYTES / 2**30:.0f} GB; draw "
+                f"fewer words ({ATTENTION_MAPS}' words), a smaller image, or fewer {over}."
+            )
+        pictures.append(picture)
+    return torch.cat(pictures)
+
+
+def _titled(picture: torch.Tensor, title: str) -> torch.Tensor:
+    """``[1, H, W, 3]`` with a caption bar on top."""
+    w = int(picture.shape[2])
+    font = load_font(max(12, min(28, round(w / 40))))
+    left, top, right, bottom = font.getbbox("Ag%|")
+    pad = max(2, int(bottom - top) // 3)
+    bar = int(math.ceil(bottom - min(top, 0))) + 2 * pad
+    canvas = Image.new("RGB", (w, bar), (0, 0, 0))
+    ImageDraw.Draw(canvas).text((pad, pad), title, fill=(255, 255, 255), font=font)
+    head = torch.from_numpy(np.asarray(canvas).copy()).to(torch.float32).div_(255.0)[None]
+    return torch.cat([head, picture], dim=1)
 
 
 WORD_PREVIEW_MAX_SIDE = 512  # per-word previews for the frontend's hover view stay small
@@ -218,7 +297,8 @@ def _mask_size(maps: AttentionMaps, width: int, height: int, node: str) -> tuple
     mh, mw = maps.size
     width, height = int(width), int(height)
     if width < 0 or height < 0:
-        raise ValueError(f"{node}: width {width} and height {height} must be 0 (automatic) or positive.")
+        raise ValueError(f"{node}: width {width} or height {height} is negative; set each to 0 (automatic) or "
+                         "a size in pixels.")
     if width and height:
         return height, width
     if width:
@@ -242,14 +322,12 @@ class EnfoqueMapsToMask(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="EnfoqueMapsToMask",
-            display_name="Enfoque Maps To Mask",
+            display_name=MAPS_TO_MASK,
             category=CATEGORY,
             description="Thresholds the attention of the chosen words into a MASK at the image size. Several words "
             "are combined by a max: a pixel is in the mask if any of them attends there.",
             inputs=[
-                Maps.Input(
-                    "maps", tooltip="Attention maps from EnfoqueAttentionMaps or EnfoqueLoadAttentionMaps."
-                ),
+                Maps.Input("maps", tooltip=MAPS_FROM),
                 io.String.Input(
                     "words",
                     default="",
@@ -261,7 +339,9 @@ class EnfoqueMapsToMask(io.ComfyNode):
                     min=0.0,
                     max=1.0,
                     step=0.01,
-                    tooltip="Cut-off on the 0..1-normalised map; 0 = automatic (Otsu) per image.",
+                    tooltip="Where the mask starts, on each map scaled to 0..1: pixels at or above it are in "
+                    "the mask. 0 = automatic per image: the cut that best separates attended from unattended "
+                    "pixels (Otsu's method).",
                 ),
                 io.Int.Input(
                     "width",
@@ -285,20 +365,25 @@ class EnfoqueMapsToMask(io.ComfyNode):
                 ),
             ],
             outputs=[io.Mask.Output(display_name="mask")],
+            is_output_node=True,  # shows its mask with nothing attached
         )
 
     @classmethod
     def execute(cls, maps, words, threshold, width=0, height=0) -> io.NodeOutput:
-        node = "EnfoqueMapsToMask"
+        node = MAPS_TO_MASK
         maps = check_maps(maps, node)
         t = float(threshold)
         if math.isnan(t) or not 0.0 <= t <= 1.0:
-            raise ValueError(f"{node}: threshold {threshold} must be between 0 and 1 (0 = automatic).")
+            raise ValueError(f"{node}: threshold {threshold} is outside 0..1; set it between 0 and 1 "
+                             "(0 = automatic).")
         size = _mask_size(maps, width, height, node)
         try:
             chosen = select(maps, words or "")
-            if len(chosen.words) == 0:
-                raise ValueError("the maps hold no words; give the prompt some words.")
+        except ValueError as exc:
+            raise _output(node, exc, "Pick words from these, or leave words empty for all of them.") from exc
+        if len(chosen.words) == 0:
+            raise ValueError(f"{node}: the maps hold no words (an empty prompt?); give the prompt some words.")
+        try:
             mask = to_mask(chosen, threshold=t, size=size)
         except ValueError as exc:
             raise _output(node, exc) from exc
@@ -317,15 +402,13 @@ class EnfoqueSaveAttentionMaps(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="EnfoqueSaveAttentionMaps",
-            display_name="Enfoque Save Attention Maps",
+            display_name=SAVE_MAPS,
             category=CATEGORY,
             description="Saves the maps with their words and provenance: safetensors or npz (tensor 'maps' "
             "[batch, words, H, W] float32 + JSON metadata, exact), or 16-bit PNGs with a JSON sidecar "
             "(within 1/131070 of each map's range). Never overwrites a file.",
             inputs=[
-                Maps.Input(
-                    "maps", tooltip="Attention maps from EnfoqueAttentionMaps or EnfoqueLoadAttentionMaps."
-                ),
+                Maps.Input("maps", tooltip=MAPS_FROM),
                 io.String.Input(
                     "filename_prefix",
                     default="enfoque/maps",
@@ -346,11 +429,12 @@ class EnfoqueSaveAttentionMaps(io.ComfyNode):
 
     @classmethod
     def execute(cls, maps, filename_prefix, format) -> io.NodeOutput:
-        node = "EnfoqueSaveAttentionMaps"
+        node = SAVE_MAPS
         maps = check_maps(maps, node)
         if format not in export.FORMATS:
             raise ValueError(
-                f"{node}: format {format!r} is unknown; choose one of {', '.join(export.FORMATS)}."
+                f"{node}: format {_brief(format)!r} is not an option; options: {', '.join(export.FORMATS)}. "
+                "Pick one of them."
             )
         prefix = (filename_prefix or "").strip()
         if not prefix or os.path.basename(os.path.normpath(prefix)) in ("", ".", ".."):
@@ -389,7 +473,8 @@ class EnfoqueSaveAttentionMaps(io.ComfyNode):
                     f"({exc.strerror or exc}); use a shorter filename_prefix such as 'enfoque/maps'."
                 ) from exc
         else:
-            raise ValueError(f"{node}: could not find a free file name for {_brief(filename_prefix)!r} in {folder}.")
+            raise ValueError(f"{node}: could not find a free file name for {_brief(filename_prefix)!r} in {folder}; "
+                             "use another filename_prefix.")
 
         subfolder = subfolder.replace(os.sep, "/")
         results = [ui.SavedResult(p.name, subfolder, io.FolderType.output) for p in paths]
@@ -428,8 +513,8 @@ def resolve_file(name: str, node: str) -> Path:
     """The path of `name` in the input folder ('... [output]' also allowed); refuses paths that leave it."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(
-            f"{node}: no file chosen. Put a .safetensors, .npz or PNG-set .json saved by EnfoqueSaveAttentionMaps "
-            "into ComfyUI's input folder and refresh."
+            f"{node}: no file chosen. Put a .safetensors, .npz or PNG-set .json saved by {SAVE_MAPS} "
+            "into ComfyUI's input folder, refresh, and pick it."
         )
     rel, base = folder_paths.annotated_filepath(name.strip())
     base = os.path.abspath(base or folder_paths.get_input_directory())
@@ -457,9 +542,9 @@ class EnfoqueLoadAttentionMaps(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="EnfoqueLoadAttentionMaps",
-            display_name="Enfoque Load Attention Maps",
+            display_name=LOAD_MAPS,
             category=CATEGORY,
-            description="Loads attention maps saved by EnfoqueSaveAttentionMaps from ComfyUI's input folder "
+            description=f"Loads attention maps saved by {SAVE_MAPS} from ComfyUI's input folder "
             "(subfolders included): .safetensors, .npz, or the .json sidecar of a PNG set.",
             inputs=[
                 io.Combo.Input(
@@ -473,13 +558,13 @@ class EnfoqueLoadAttentionMaps(io.ComfyNode):
 
     @classmethod
     def execute(cls, file) -> io.NodeOutput:
-        node = "EnfoqueLoadAttentionMaps"
+        node = LOAD_MAPS
         path = resolve_file(file, node)
         try:
             maps = export.load(path)
         except (ValueError, OSError) as exc:
             raise ValueError(
-                f"{node}: cannot load {file!r}: {exc} Save it again with EnfoqueSaveAttentionMaps, "
+                f"{node}: cannot load {file!r}: {engine_message(exc)} Save it again with {SAVE_MAPS}, "
                 "or pick another file."
             ) from exc
         return io.NodeOutput(maps)
@@ -487,13 +572,13 @@ class EnfoqueLoadAttentionMaps(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, file) -> str:
         try:
-            return export.fingerprint(resolve_file(file, "EnfoqueLoadAttentionMaps"))
+            return export.fingerprint(resolve_file(file, LOAD_MAPS))
         except ValueError as exc:
             return f"invalid: {exc}"
 
     @classmethod
     def validate_inputs(cls, file) -> bool | str:
-        node = "EnfoqueLoadAttentionMaps"
+        node = LOAD_MAPS
         try:
             path = resolve_file(file, node)
         except ValueError as exc:
@@ -501,6 +586,6 @@ class EnfoqueLoadAttentionMaps(io.ComfyNode):
         if not export.is_maps_file(path):
             return (
                 f"{node}: {file!r} is not an Enfoque attention-maps file (no '{export.FORMAT}' metadata); "
-                "pick a file saved by EnfoqueSaveAttentionMaps."
+                f"pick a file saved by {SAVE_MAPS}."
             )
         return True

@@ -7,12 +7,21 @@ from comfy_api.latest import io
 
 from ..attention.maps import AttentionMaps
 from ..attention.render import token_matrix_image
-from ..attention.tokens import LAYOUT_KEY, brief, parse_word_weights, shown_words
+from ..attention.tokens import LAYOUT_KEY, brief, parse_word_weights
 from .clip_hooks import RECORD_KEY, ClipProbe, install
 from .model_nodes import CATEGORY
-from .types import Maps, Probe
+from .types import (
+    PATCH_CLIP,
+    PATCH_MODEL,
+    TEXT_ATTENTION_MAPS,
+    TOKEN_WEIGHTS,
+    ClipProbeType,
+    Maps,
+    listed,
+)
 
-NEEDS_PATCHED_CLIP = "put EnfoquePatchCLIP before the text encode so the conditioning knows its words"
+NEEDS_PATCHED_CLIP = f"Put {PATCH_CLIP} before the text encode so the conditioning knows its words."
+ENCODERS = {"l": "CLIP-L", "g": "CLIP-G", "t5xxl": "T5-XXL"}
 
 
 class EnfoquePatchCLIP(io.ComfyNode):
@@ -20,11 +29,11 @@ class EnfoquePatchCLIP(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="EnfoquePatchCLIP",
-            display_name="Enfoque Patch CLIP",
+            display_name=PATCH_CLIP,
             category=CATEGORY,
             description="Instruments CLIP-L, CLIP-G and T5: (word:w) weights act on the encoder's self-attention "
             "keys, token x token maps are recorded, and every encode writes the prompt's token layout onto the "
-            "conditioning so EnfoquePatchModel can label maps with words and reweight them.",
+            f"conditioning so {PATCH_MODEL} can label maps with words and reweight them.",
             inputs=[
                 io.Clip.Input("clip"),
                 io.Combo.Input(
@@ -32,33 +41,37 @@ class EnfoquePatchCLIP(io.ComfyNode):
                     tooltip="attention: (word:w) biases the encoder's attention to that word's tokens; comfy: "
                     "ComfyUI's stock embedding interpolation; both: the two together.",
                 ),
-                io.Boolean.Input("capture", default=True, tooltip="Record token x token attention maps."),
+                io.Boolean.Input("capture", default=True, tooltip="Record token x token attention maps (read them with "
+                                 f"{TEXT_ATTENTION_MAPS})."),
             ],
-            outputs=[io.Clip.Output(), Probe.Output(display_name="probe")],
+            outputs=[io.Clip.Output(), ClipProbeType.Output(display_name="probe")],
         )
 
     @classmethod
     def execute(cls, clip, weight_mode, capture) -> io.NodeOutput:
         if weight_mode not in ("comfy", "attention", "both"):
-            raise ValueError(f"EnfoquePatchCLIP: weight_mode {weight_mode!r} is not one of comfy, attention, both")
+            raise ValueError(f"{PATCH_CLIP}: weight_mode {brief(weight_mode)!r} is not an option; options: comfy, "
+                             "attention, both. Pick one of them.")
         patched, probe = install(clip, weight_mode, bool(capture))
         return io.NodeOutput(patched, probe)
 
 
-def apply_word_weights(conditioning, text: str, node: str = "EnfoqueTokenWeights"):
+def apply_word_weights(conditioning, text: str, node: str = TOKEN_WEIGHTS):
     """A copy of the conditioning whose layouts carry the weights (the original is left alone)."""
     pairs = parse_word_weights(text, node)
     out = []
     for t, d in conditioning:
         layout = d.get(LAYOUT_KEY)
         if layout is None or not layout.labelled:
-            raise ValueError(f"{node}: this conditioning carries no word layout; {NEEDS_PATCHED_CLIP}")
+            raise ValueError(f"{node}: the conditioning carries no words (it was encoded by a stock CLIP). "
+                             f"{NEEDS_PATCHED_CLIP}")
         weights = {}
         for phrase, w in pairs:
             hits = layout.find(phrase)
             if not hits:
                 raise ValueError(
-                    f"{node}: {brief(phrase)!r} is not a word of the prompt; its words are: {shown_words(layout.words)}"
+                    f"{node}: {brief(phrase)!r} in weights is not a word of the prompt; its words: "
+                    f"{listed(layout.words)}. Weigh words from these."
                 )
             for i in hits:
                 for p in layout.spans[i]:
@@ -74,14 +87,15 @@ class EnfoqueTokenWeights(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="EnfoqueTokenWeights",
-            display_name="Enfoque Token Weights",
+            display_name=TOKEN_WEIGHTS,
             category=CATEGORY,
-            description="Per-word weights the diffusion model applies inside attention (needs EnfoquePatchModel "
-            "with reweight on, and a conditioning encoded by a CLIP from EnfoquePatchCLIP).",
+            description=f"Per-word weights the diffusion model applies inside attention (needs {PATCH_MODEL} "
+            f"with reweight bias or scale, and a conditioning encoded by a CLIP from {PATCH_CLIP}).",
             inputs=[
                 io.Conditioning.Input("conditioning"),
                 io.String.Input("weights", default="", multiline=True,
-                                tooltip="word:weight pairs, e.g. 'cat:1.5, red fur:0.5'. 0 removes a word."),
+                                tooltip="word:weight pairs, e.g. 'cat:1.5, red fur:0.5'. 0 removes a word. "
+                                "The chips above set them with the mouse wheel."),
             ],
             outputs=[io.Conditioning.Output()],
         )
@@ -102,14 +116,15 @@ class EnfoqueTextAttentionMaps(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="EnfoqueTextAttentionMaps",
-            display_name="Enfoque Text Attention Maps",
+            display_name=TEXT_ATTENTION_MAPS,
             category=CATEGORY,
             description="Token x token self-attention of a text encoder for one encoded prompt.",
             inputs=[
-                Probe.Input("probe", tooltip="From EnfoquePatchCLIP."),
+                ClipProbeType.Input("probe", tooltip=f"The probe output of {PATCH_CLIP}."),
                 io.Conditioning.Input("conditioning", tooltip="The prompt encoded with that patched CLIP."),
                 io.Combo.Input("encoder", options=["auto", "l", "g", "t5xxl"], default="auto", optional=True,
-                               tooltip="Which encoder; auto = the first one that ran (CLIP-L, then CLIP-G, then T5)."),
+                               tooltip="Which text encoder: l = CLIP-L, g = CLIP-G, t5xxl = T5-XXL; auto = the "
+                               "first one that ran (CLIP-L, then CLIP-G, then T5-XXL)."),
                 io.Int.Input("layer", default=-1, min=-1, max=128, optional=True,
                              tooltip="-1 = mean over all layers; otherwise that layer."),
                 io.Combo.Input("level", options=["words", "tokens"], default="words", optional=True,
@@ -120,37 +135,42 @@ class EnfoqueTextAttentionMaps(io.ComfyNode):
 
     @classmethod
     def execute(cls, probe, conditioning, encoder="auto", layer=-1, level="words") -> io.NodeOutput:
-        node = "EnfoqueTextAttentionMaps"
+        node = TEXT_ATTENTION_MAPS
         if not isinstance(probe, ClipProbe):
-            raise ValueError(f"{node}: the probe must come from EnfoquePatchCLIP")
+            got = f"a probe of {PATCH_MODEL}" if getattr(probe, "kind", None) == "model" else type(probe).__name__
+            raise ValueError(f"{node}: probe is {got}, not the probe of {PATCH_CLIP}; connect the probe output "
+                             f"of {PATCH_CLIP}.")
         if encoder not in ("auto", "l", "g", "t5xxl"):
-            raise ValueError(f"{node}: encoder {brief(encoder)!r} is not one of auto, l, g, t5xxl")
+            raise ValueError(f"{node}: encoder {brief(encoder)!r} is not an option; options: auto, l, g, t5xxl. "
+                             "Pick one of them.")
         if level not in ("words", "tokens"):
-            raise ValueError(f"{node}: level {brief(level)!r} is not one of words, tokens")
+            raise ValueError(f"{node}: level {brief(level)!r} is not an option; options: words, tokens. "
+                             "Pick one of them.")
         if not conditioning:
-            raise ValueError(f"{node}: the conditioning is empty")
+            raise ValueError(f"{node}: the conditioning is empty; connect the output of a text encode.")
         d = conditioning[0][1]
         rid = d.get(RECORD_KEY)
         if rid is None:
-            raise ValueError(f"{node}: this conditioning was not encoded by the CLIP of this probe with capture on; "
-                             "connect the CLIP output of EnfoquePatchCLIP to the text encode")
+            raise ValueError(f"{node}: the conditioning was not encoded by the CLIP of this probe with capture on; "
+                             f"connect the CLIP output of {PATCH_CLIP} to the text encode and turn capture on.")
         rec = probe.records.get(rid)
         if rec is None:
             raise ValueError(f"{node}: the maps of this encode are no longer kept (the probe keeps the last few "
-                             "encodes); run the text encode again")
+                             "encodes); run the text encode again.")
         keys = [k for k in ("l", "g", "t5xxl") if k in rec.maps]
         key = keys[0] if encoder == "auto" and keys else encoder
         skipped = rec.skipped
         if key not in rec.maps and (key in skipped or (key == "auto" and skipped)):
             why = "; ".join(f"{k}: {v}" for k, v in skipped.items() if key in ("auto", k))
             raise ValueError(f"{node}: the maps of this prompt were not recorded ({why}); shorten the prompt "
-                             "to see them (the encode itself is unaffected)")
+                             "to see them (the encode itself is unaffected).")
         if key not in rec.maps:
-            raise ValueError(f"{node}: encoder {encoder!r} did not run for this prompt; available: {', '.join(keys)}")
+            raise ValueError(f"{node}: encoder {brief(encoder)!r} did not run for this prompt; encoders that ran: "
+                             f"{listed(keys)}. Pick one of them, or auto.")
         layers = rec.maps[key].layers
         if layer >= len(layers):
-            raise ValueError(f"{node}: layer {layer} is out of range; this encoder has {len(layers)} layers (0-"
-                             f"{len(layers) - 1}), or use -1 for the mean")
+            raise ValueError(f"{node}: layer {layer} is out of range; this encoder has {len(layers)} layers "
+                             f"(0-{len(layers) - 1}). Pick one of them, or -1 for the mean.")
         m = (torch.stack(layers).mean(0) if layer < 0 else layers[layer])[0].float().cpu()  # first chunk [T, T]
         layout = rec.layout
         enc_spans = layout.encoder_spans.get(key, [])
@@ -159,7 +179,8 @@ class EnfoqueTextAttentionMaps(io.ComfyNode):
             pairs = [(w, [i for i in s if i < t]) for w, s in zip(layout.words, enc_spans, strict=False)]
             pairs = [(w, s) for w, s in pairs if s]
             if not pairs:
-                raise ValueError(f"{node}: the prompt has no words in encoder {key!r} (empty prompt?); use level tokens")
+                raise ValueError(f"{node}: the prompt has no words in encoder {key!r} (an empty prompt?); give it "
+                                 "words, or set level to tokens.")
             labels = [w for w, _ in pairs]
             matrix = _pool(m, [s for _, s in pairs])
         else:

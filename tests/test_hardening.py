@@ -118,8 +118,8 @@ def expect_error(server, prompt: dict, node_type: str, *needles: str, owner: str
 
     Validation: ComfyUI refuses the node's outputs (HTTP 400, or the outputs that do not
     depend on it run) and names the node class and the input. Execution: the failing
-    node is `node_type`, the exception a ValueError whose message starts with the node
-    that owns the input (`owner`, default `node_type`) and contains `needles`."""
+    node is `node_type`, the exception a ValueError whose message starts with the display
+    name of the node that owns the input (`owner`, default `node_type`) and contains `needles`."""
     try:
         response = server.request("POST", "/prompt", {"prompt": prompt, "client_id": server.client_id})
         node_errors = response.get("node_errors") or {}
@@ -145,7 +145,9 @@ def expect_error(server, prompt: dict, node_type: str, *needles: str, owner: str
     message = err["exception_message"]
     assert err["node_type"] == node_type, (err["node_type"], message)
     assert err["exception_type"] == "ValueError", (err["exception_type"], message)
-    assert message.startswith(f"{owner or node_type}: "), message
+    # errors name the node by its display name (the server's /object_info says it)
+    name = server.object_info()[owner or node_type]["display_name"]
+    assert message.startswith(f"{name}: "), message
     for n in needles:
         assert n in message, f"{n!r} not in {message!r}"
     assert len(message) < 2000, f"an error message of {len(message)} characters"
@@ -175,9 +177,9 @@ BAD_INPUTS = [
     ("blocks-garbage", "7", {"blocks": "first"}, "EnfoquePatchModel", None, ("cannot read 'first'",)),
     ("blocks-100kB", "7", {"blocks": "x" * 100_000}, "EnfoquePatchModel", None, ("cannot read", "...")),
     ("start-after-end", "7", {"start_percent": 0.8, "end_percent": 0.2}, "EnfoquePatchModel", None,
-     ("must not exceed end_percent",)),
-    ("start-nan", "7", {"start_percent": math.nan}, "EnfoquePatchModel", None, ("start_percent must be a number",)),
-    ("budget-nan", "7", {"budget_mb": math.nan}, "EnfoquePatchModel", None, ("budget_mb must be a number",)),
+     ("start_percent 0.8 is after end_percent 0.2",)),
+    ("start-nan", "7", {"start_percent": math.nan}, "EnfoquePatchModel", None, ("start_percent", "is not a number")),
+    ("budget-nan", "7", {"budget_mb": math.nan}, "EnfoquePatchModel", None, ("budget_mb", "is not a number")),
     ("capture-words-unknown", "7", {"capture_words": "dog"}, "KSampler", "EnfoquePatchModel",
      ("'dog' are not words of the positive prompt", "cat", "leave it empty")),
     ("capture-words-100kB", "7", {"capture_words": "zebra " * 20_000}, "KSampler", "EnfoquePatchModel",
@@ -195,33 +197,34 @@ BAD_INPUTS = [
     ("weights-inf", "6", {"weights": "cat:1e999"}, "EnfoqueTokenWeights", None, ("too large",)),
     ("weights-no-number", "6", {"weights": "cat"}, "EnfoqueTokenWeights", None, ("word:weight pairs",)),
     ("weights-unknown-word", "6", {"weights": "dog:2"}, "EnfoqueTokenWeights", None,
-     ("'dog' is not a word of the prompt", "cat")),
+     ("'dog' in weights is not a word of the prompt", "cat")),
     ("weights-100kB-unknown", "6", {"weights": "zebra:1, " * 11_000}, "EnfoqueTokenWeights", None,
-     ("'zebra' is not a word",)),
+     ("'zebra' in weights is not a word",)),
     ("weights-stock-clip", "6", {"conditioning": ["22", 0]}, "EnfoqueTokenWeights", None,
-     ("put EnfoquePatchCLIP before",)),
+     ("Put Enfoque Patch CLIP before",)),
     ("weights-not-conditioning", "6", {"conditioning": ["8", 0]}, "EnfoqueTokenWeights", None, ("CONDITIONING",)),
     # EnfoqueAttentionMaps
+    # the probes' socket types differ: ComfyUI's validation refuses a wrong one, naming both types
     ("maps-probe-from-clip", "10", {"probe": ["3", 1]}, "EnfoqueAttentionMaps", None,
-     ("must come from EnfoquePatchModel",)),
-    ("maps-probe-not-a-probe", "10", {"probe": ["1", 0]}, "EnfoqueAttentionMaps", None, ("ENFOQUE_PROBE",)),
+     ("ENFOQUE_CLIP_PROBE", "ENFOQUE_MODEL_PROBE")),
+    ("maps-probe-not-a-probe", "10", {"probe": ["1", 0]}, "EnfoqueAttentionMaps", None, ("ENFOQUE_MODEL_PROBE",)),
     ("maps-unknown-word", "10", {"words": "dog"}, "EnfoqueAttentionMaps", None,
-     ("'dog' is not among the captured prompt words", "chair")),
+     ("'dog' in words is not a captured word of the prompt", "chair")),
     ("maps-100kB-words", "10", {"words": "zebra " * 20_000}, "EnfoqueAttentionMaps", None,
-     ("is not among the captured prompt words",)),
+     ("is not a captured word of the prompt",)),
     ("maps-negative-not-captured", "10", {"prompt": "negative"}, "EnfoqueAttentionMaps", None,
      ("turn on capture_negative",)),
     ("maps-prompt-unknown", "10", {"prompt": "neutral"}, "EnfoqueAttentionMaps", None, ("prompt", "neutral")),
-    ("maps-cond-index", "10", {"cond_index": 3}, "EnfoqueAttentionMaps", None, ("conditioning #3",)),
+    ("maps-cond-index", "10", {"cond_index": 3}, "EnfoqueAttentionMaps", None, ("prompt number 3",)),
     ("maps-latent-of-another-size", "10", {"latent": ["20", 0]}, "EnfoqueAttentionMaps", None,
      ("no sampling run of this probe matches the latent", "16x16 grid")),
     ("maps-probe-never-sampled", "10", {"probe": ["21", 1]}, "EnfoqueAttentionMaps", None,
      ("no finished sampling run",)),
     # EnfoqueTextAttentionMaps
     ("text-probe-from-model", "17", {"probe": ["7", 1]}, "EnfoqueTextAttentionMaps", None,
-     ("must come from EnfoquePatchCLIP",)),
+     ("ENFOQUE_MODEL_PROBE", "ENFOQUE_CLIP_PROBE")),
     ("text-stock-conditioning", "17", {"conditioning": ["22", 0]}, "EnfoqueTextAttentionMaps", None,
-     ("connect the CLIP output of EnfoquePatchCLIP",)),
+     ("connect the CLIP output of Enfoque Patch CLIP",)),
     ("text-encoder-absent", "17", {"encoder": "g"}, "EnfoqueTextAttentionMaps", None, ("did not run",)),
     ("text-layer-out-of-range", "17", {"layer": 40}, "EnfoqueTextAttentionMaps", None, ("out of range",)),
     ("text-layer-above-max", "17", {"layer": 500}, "EnfoqueTextAttentionMaps", None, ("layer",)),
@@ -427,7 +430,7 @@ def test_long_t5_prompt_is_not_captured(comfy, monkeypatch):
     monkeypatch.setattr(hooks, "TEXT_CAPTURE_BYTES", 2**20)  # CLIP-L (70 kB, first) fits, T5 (1.1 MB) not
     cond = comfy.run("CLIPTextEncode", clip=patched, text=text)[0]
     assert torch.equal(cond[0][0], stock[0][0])
-    with pytest.raises(ValueError, match=r"EnfoqueTextAttentionMaps: the maps of this prompt were not recorded "
+    with pytest.raises(ValueError, match=r"Enfoque Text Attention Maps: the maps of this prompt were not recorded "
                                          r"\(t5xxl: \d+ tokens need .* MB .*shorten the prompt"):
         comfy.run("EnfoqueTextAttentionMaps", probe=probe, conditioning=cond, encoder="t5xxl")
     maps = comfy.run("EnfoqueTextAttentionMaps", probe=probe, conditioning=cond)[0]  # auto: CLIP-L was captured
@@ -668,7 +671,7 @@ def test_hires_fix_graph(comfy, tiny_dir, name):
     single = ksample(comfy, alone, pos, neg, latent, cfg)
     expected = comfy.run("EnfoqueAttentionMaps", probe=alone_probe, latent=single, words="")[0]
     close(maps1.maps, expected.maps, 1e-6)
-    with pytest.raises(ValueError, match="EnfoqueAttentionMaps: no sampling run of this probe matches the latent"):
+    with pytest.raises(ValueError, match="Enfoque Attention Maps: no sampling run of this probe matches the latent"):
         comfy.run("EnfoqueAttentionMaps", probe=probe, latent={"samples": torch.zeros(3, *out1["samples"].shape[1:])},
                   words="")
 

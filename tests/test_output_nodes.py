@@ -1,8 +1,8 @@
 """The output nodes (EnfoqueHeatmaps, EnfoqueMapsToMask, EnfoqueSaveAttentionMaps,
 EnfoqueLoadAttentionMaps) run by ComfyUI: in-process through the registered
 classes, and end to end through a live server from tiny SD3 sampling to files
-on disk and back. Also checks the example workflows against the server's
-/object_info.
+on disk and back. The UI example workflows (templates) are checked in
+tests/test_templates.py.
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def test_nodes_are_registered_with_contract_inputs(comfy):
     assert set(NODE_IDS) <= comfy.node_ids
     heat = comfy.node("EnfoqueHeatmaps").INPUT_TYPES()
     assert list(heat["required"]) == ["maps", "colormap", "opacity", "normalisation", "columns"]
-    assert list(heat["optional"]) == ["image"]
+    assert list(heat["optional"]) == ["image", "over"]  # new inputs go last: old widget values keep their places
+    assert heat["optional"]["over"][1]["options"] == ["mean", "steps", "blocks"]
+    assert heat["optional"]["over"][1]["default"] == "mean"
     assert heat["required"]["maps"][0] == "ENFOQUE_MAPS"
     assert heat["required"]["colormap"][1]["options"] == ["viridis", "inferno", "turbo", "jet"]
     assert heat["required"]["normalisation"][1]["options"] == ["minmax", "text", "softmax", "none"]
@@ -108,7 +110,7 @@ def test_heatmaps_alone_and_over_image(comfy):
 
 def test_heatmaps_errors_name_the_node(comfy):
     m = make_maps(comfy)
-    with pytest.raises(ValueError, match=r"EnfoqueHeatmaps: .*3 images"):
+    with pytest.raises(ValueError, match=r"^Enfoque Heatmaps: 2 map rows but 3 images"):
         comfy.run(
             "EnfoqueHeatmaps",
             maps=make_maps(comfy, shape=(2, 3, 8, 12)),
@@ -118,11 +120,11 @@ def test_heatmaps_errors_name_the_node(comfy):
             normalisation="minmax",
             columns=0,
         )
-    with pytest.raises(ValueError, match="EnfoqueHeatmaps: colormap 'rainbow'"):
+    with pytest.raises(ValueError, match="^Enfoque Heatmaps: colormap 'rainbow' is not an option; options: viridis"):
         comfy.run(
             "EnfoqueHeatmaps", maps=m, colormap="rainbow", opacity=0.5, normalisation="minmax", columns=0
         )
-    with pytest.raises(ValueError, match="EnfoqueHeatmaps: 'maps' must be ENFOQUE_MAPS"):
+    with pytest.raises(ValueError, match="^Enfoque Heatmaps: maps is Tensor, not ENFOQUE_MAPS"):
         comfy.run(
             "EnfoqueHeatmaps",
             maps=torch.zeros(1, 1, 2, 2),
@@ -158,10 +160,10 @@ def test_maps_to_mask_sizes_and_words(comfy):
     assert tuple(plain.shape) == (2, 4, 6)  # no image size recorded: the map size
 
     with pytest.raises(
-        ValueError, match=r"EnfoqueMapsToMask: select: word 'dog' .*Available: 'a', 'red', 'cat'"
+        ValueError, match=r"^Enfoque Maps To Mask: word 'dog' .*Available: 'a', 'red', 'cat'\. Pick words"
     ):
         comfy.run("EnfoqueMapsToMask", maps=m, words="dog", threshold=0.0)
-    with pytest.raises(ValueError, match="EnfoqueMapsToMask: threshold 1.5"):
+    with pytest.raises(ValueError, match="^Enfoque Maps To Mask: threshold 1.5"):
         comfy.run("EnfoqueMapsToMask", maps=m, words="cat", threshold=1.5)
 
 
@@ -218,7 +220,7 @@ def test_save_node_refuses_path_escapes(comfy):
     m = make_maps(comfy)
     for bad in ("../../outside/maps", "/tmp/abs/maps"):
         with pytest.raises(
-            ValueError, match="EnfoqueSaveAttentionMaps: filename_prefix .* outside the output folder"
+            ValueError, match="^Enfoque Save Attention Maps: filename_prefix .* outside the output folder"
         ):
             comfy.run("EnfoqueSaveAttentionMaps", maps=m, filename_prefix=bad, format="npz")
     with pytest.raises(ValueError, match="has no file name"):
@@ -236,7 +238,8 @@ def test_nan_and_inf_maps_give_clear_errors(comfy):
             "EnfoqueSaveAttentionMaps": dict(filename_prefix=unique_prefix("nan"), format="safetensors"),
         }
         for node_id, kwargs in runs.items():
-            with pytest.raises(ValueError, match=f"{node_id}: the attention maps contain NaN or inf"):
+            name = comfy.node(node_id).GET_SCHEMA().display_name
+            with pytest.raises(ValueError, match=f"^{name}: the attention maps contain NaN or inf"):
                 comfy.run(node_id, maps=m, **kwargs)
     assert not list(comfy.output_dir.rglob("nan_*"))
 
@@ -270,11 +273,11 @@ def test_load_node_lists_validates_and_fingerprints(comfy):
     assert cls.fingerprint_inputs(file=f"{rel}/m.npz") != fp  # a changed file re-runs the node
 
     msg = cls.validate_inputs(file=f"{rel}/gone.npz")
-    assert isinstance(msg, str) and msg.startswith("EnfoqueLoadAttentionMaps:") and "not found" in msg
+    assert isinstance(msg, str) and msg.startswith("Enfoque Load Attention Maps:") and "not found" in msg
     msg = cls.validate_inputs(file=f"{rel}/workflow.json")
     assert isinstance(msg, str) and "not an Enfoque attention-maps file" in msg
     assert "outside" in cls.validate_inputs(file="../../etc/passwd.json")
-    with pytest.raises(ValueError, match="EnfoqueLoadAttentionMaps: file .*gone.npz.* was not found"):
+    with pytest.raises(ValueError, match="^Enfoque Load Attention Maps: file .*gone.npz.* was not found"):
         comfy.run("EnfoqueLoadAttentionMaps", file=f"{rel}/gone.npz")
 
     # a file straight from the output folder, with ComfyUI's "[output]" annotation
@@ -284,7 +287,7 @@ def test_load_node_lists_validates_and_fingerprints(comfy):
     assert comfy.run("EnfoqueLoadAttentionMaps", file=f"{out_rel} [output]")[0].words == m.words
 
     (sub / "broken.npz").write_bytes((sub / "m.npz").read_bytes()[:100])
-    with pytest.raises(ValueError, match="EnfoqueLoadAttentionMaps: cannot load .*broken.npz.*Save it again"):
+    with pytest.raises(ValueError, match="^Enfoque Load Attention Maps: cannot load .*broken.npz.*Save it again"):
         comfy.run("EnfoqueLoadAttentionMaps", file=f"{rel}/broken.npz")
 
 
@@ -481,7 +484,7 @@ def test_server_load_node_round_trip(comfy, comfy_server, sampled):
         },
     }
     with pytest.raises(
-        RuntimeError, match="EnfoqueLoadAttentionMaps: file .*nope.safetensors.* was not found"
+        RuntimeError, match="Enfoque Load Attention Maps: file .*nope.safetensors.* was not found"
     ):
         comfy_server.post_prompt(bad)
 
@@ -493,113 +496,12 @@ def test_server_reports_node_errors(comfy_server, sampled):
     for k in ("12", "13", "14", "30", "31", "32"):
         del graph[k]
     with pytest.raises(
-        ExecutionError, match="EnfoqueMapsToMask: select: word '#999' is not among the map labels"
+        ExecutionError, match="Enfoque Maps To Mask: word '#999' is not among the map labels"
     ):
         comfy_server.run(graph, timeout=120)
 
 
-# --------------------------------------------------------------------------- example workflows
-
-
-def ui_workflows() -> list[Path]:
-    return sorted(EXAMPLES.glob("*.json"))
-
-
-def test_example_workflows_exist():
-    names = {p.name for p in ui_workflows()}
-    assert len(names) >= 3, names
-    assert (EXAMPLES / "api" / "tiny_sd3_maps.json").is_file()
-
-
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-
-
-def _socket_types(spec: dict) -> tuple[dict[str, str], list[str]]:
-    """Input name -> type, and output types, from one /object_info entry."""
-    inputs = {}
-    for section in ("required", "optional"):
-        for name, conf in (spec["input"].get(section) or {}).items():
-            t = conf[0]
-            inputs[name] = "COMBO" if isinstance(t, list) else t
-    return inputs, list(spec["output"])
-
-
-@pytest.mark.server
-@pytest.mark.parametrize("path", ui_workflows(), ids=lambda p: p.name)
-def test_example_workflow_is_consistent(comfy_server, path):
-    wf = json.loads(path.read_text(encoding="utf-8"))
-    info = comfy_server.object_info()
-    assert {"nodes", "links", "version", "last_node_id", "last_link_id"} <= set(wf)
-    nodes = {n["id"]: n for n in wf["nodes"]}
-    assert len(nodes) == len(wf["nodes"]), "duplicate node ids"
-    assert max(nodes) <= wf["last_node_id"]
-    types = {n["type"] for n in nodes.values()}
-    assert {
-        "EnfoquePatchModel",
-        "EnfoqueAttentionMaps",
-        "EnfoqueHeatmaps",
-        "EnfoqueMapsToMask",
-        "EnfoqueSaveAttentionMaps",
-        "KSampler",
-        "VAEDecode",
-        "PreviewImage",
-    } <= types
-    missing = types - set(info)
-    assert not missing, f"{path.name}: node types unknown to the server: {sorted(missing)}"
-
-    link_ids = set()
-    for link in wf["links"]:
-        lid, src, src_slot, dst, dst_slot, ltype = link
-        assert lid not in link_ids and lid <= wf["last_link_id"]
-        link_ids.add(lid)
-        assert src in nodes and dst in nodes, f"link {lid} has a missing endpoint"
-        s, d = nodes[src], nodes[dst]
-        out = s["outputs"][src_slot]
-        inp = d["inputs"][dst_slot]
-        assert lid in (out.get("links") or []), f"link {lid} not listed on node {src} output {src_slot}"
-        assert inp.get("link") == lid, f"link {lid} not set on node {dst} input {dst_slot}"
-        _, out_types = _socket_types(info[s["type"]])
-        in_types, _ = _socket_types(info[d["type"]])
-        assert out["type"] == out_types[src_slot] == ltype, f"link {lid}: output type"
-        assert inp["name"] in in_types, f"link {lid}: {d['type']} has no input {inp['name']!r}"
-        assert in_types[inp["name"]] in (ltype, "*"), f"link {lid}: {ltype} into {d['type']}.{inp['name']}"
-
-    for n in nodes.values():
-        in_types, out_types = _socket_types(info[n["type"]])
-        for i, inp in enumerate(n.get("inputs") or []):
-            assert inp["name"] in in_types, f"{n['type']} has no input {inp['name']!r}"
-            if inp.get("link") is not None:
-                assert inp["link"] in link_ids, f"node {n['id']} input {i} points to a missing link"
-        for o, out in enumerate(n.get("outputs") or []):
-            assert out["type"] == out_types[o]
-            for lid in out.get("links") or []:
-                assert lid in link_ids
-        # every required socket is wired, and the widget values match the node's widgets
-        connected = {inp["name"] for inp in n.get("inputs") or [] if inp.get("link") is not None}
-        spec = info[n["type"]]["input"]
-        widgets = 0
-        for section in ("required", "optional"):
-            for name, conf in (spec.get(section) or {}).items():
-                kind = "COMBO" if isinstance(conf[0], list) else conf[0]
-                if kind in WIDGET_TYPES:
-                    opts = conf[1] if len(conf) > 1 and isinstance(conf[1], dict) else {}
-                    widgets += 2 if opts.get("control_after_generate") else 1
-                elif section == "required":
-                    assert name in connected, (
-                        f"{path.name}: {n['type']} (node {n['id']}) input {name!r} unconnected"
-                    )
-        assert len(n.get("widgets_values") or []) == widgets, (
-            f"{path.name}: widget values of {n['type']} (node {n['id']})"
-        )
-
-
-@pytest.mark.server
-def test_template_browser_lists_the_examples(comfy_server):
-    templates = comfy_server.get("/workflow_templates")
-    assert sorted(templates.get("enfoque", [])) == sorted(p.stem for p in ui_workflows())
-    name = ui_workflows()[0].name
-    served = comfy_server.get(f"/api/workflow_templates/enfoque/{name}")
-    assert served == json.loads((EXAMPLES / name).read_text(encoding="utf-8"))
+# --------------------------------------------------------------------------- the API example (templates: tests/test_templates.py)
 
 
 @pytest.mark.server

@@ -176,7 +176,7 @@ def test_sd3_graph_words_and_weights_reach_the_model(comfy, tiny_dir):
 def test_negative_prompt_weights_are_refused_where_attention_cannot_apply_them(comfy):
     clip = tiny_models.clip_sd3()
     c_att, _ = patched(comfy, clip, "attention")
-    with pytest.raises(ValueError, match="EnfoquePatchCLIP: the prompt weight -0.5 is negative"):
+    with pytest.raises(ValueError, match="Enfoque Patch CLIP: the prompt weight -0.5 is negative"):
         encode(comfy, c_att, "a (cat:-0.5)")
     c_comfy, _ = patched(comfy, clip, "comfy")
     cond = encode(comfy, c_comfy, "a (cat:-0.5)")  # ComfyUI's own interpolation takes it
