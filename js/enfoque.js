@@ -1,4 +1,5 @@
-// Enfoque frontend: word chips on the attention-map nodes and on EnfoqueTokenWeights.
+// Enfoque frontend: word chips on the attention-map nodes and on EnfoqueTokenWeights,
+// notices on nodes, and the probe socket types of older workflows.
 //
 // Loaded by ComfyUI through WEB_DIRECTORY = "./js" (served as /extensions/<pack>/enfoque.js).
 // Uses only the public frontend modules app.js and api.js and the node hooks
@@ -7,14 +8,24 @@
 // EnfoqueHeatmaps / EnfoqueAttentionMaps: after a run the node shows the
 //   prompt's words as chips (from the node's `ui` output: enfoque_words,
 //   enfoque_shares, enfoque_word_images, images). Hovering a chip shows that
-//   word's heatmap in the node; clicking pins it (click again to unpin). The
-//   pinned word is kept in node.properties.enfoque_pinned, so it is saved with
-//   the workflow and restored when the workflow is loaded again.
+//   word's heatmap: inside Enfoque Heatmaps (under the chips, where its picture
+//   is), or in a small floating view next to the chip on Enfoque Attention Maps,
+//   which keeps no picture area of its own. Clicking pins a word (click again to
+//   unpin); the pin is kept in node.properties.enfoque_pinned. The last output's
+//   chips are kept in node.properties.enfoque_output, so a reloaded workflow shows
+//   them again; a node with no output shrinks to its widgets. When a run fails,
+//   the chips of every map node that did not run again in it are cleared.
 // EnfoqueTokenWeights: the words of the prompt feeding its conditioning
 //   (found through the graph's links, split by POST /enfoque/tokenize) as chips
 //   with a weight each; mouse wheel (shift: bigger steps) or vertical drag
 //   changes a weight, double-click resets it to 1. Every change is written to
 //   the node's `weights` widget as "word:1.25, other:0.8".
+// Notices: the server's "enfoque.notice" message ({node, text}) shows a warning
+//   on that node (and a toast); an empty text removes it.
+// Probe types: workflows saved before the model and CLIP probes got their own
+//   socket types carry "ENFOQUE_PROBE" on their links; on load such a link gets
+//   the type of the slots it joins, or, where it joins a CLIP probe to a model
+//   probe input (or the reverse), a notice on the node that says what to connect.
 
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -23,7 +34,13 @@ const EXT = "enfoque.WordChips";
 const MAP_NODES = new Set(["EnfoqueAttentionMaps", "EnfoqueHeatmaps"]);
 const WEIGHT_NODE = "EnfoqueTokenWeights";
 const PIN = "enfoque_pinned";
+const LAST_OUTPUT = "enfoque_output";
 const NATIVE_PREVIEW = "$$canvas-image-preview";
+const NOTICE_EVENT = "enfoque.notice";
+const LEGACY_PROBE = "ENFOQUE_PROBE";
+const PROBE_TYPES = { ENFOQUE_MODEL_PROBE: "Enfoque Patch Model", ENFOQUE_CLIP_PROBE: "Enfoque Patch CLIP" };
+const VIEW_MIN_HEIGHT = 240; // the picture area of Enfoque Heatmaps
+const KEPT_WORDS = 128; // chips kept in the workflow for a reload
 const MAX_WEIGHT = 10;
 const WHEEL_STEP = 0.05;
 const WHEEL_STEP_SHIFT = 0.25;
@@ -36,8 +53,9 @@ const CSS = `
 .enfoque-root { display: flex; flex-direction: column; gap: 6px; box-sizing: border-box;
   width: 100%; height: 100%; padding: 4px 2px; font: 12px/1.2 Inter, Arial, sans-serif;
   color: var(--input-text, #ddd); overflow: hidden; }
-.enfoque-chips { display: flex; flex-wrap: wrap; gap: 4px; flex: 0 0 auto; max-height: 50%; overflow-y: auto; }
-.enfoque-weights .enfoque-chips { max-height: none; flex: 1 1 auto; align-content: flex-start; }
+.enfoque-chips { display: flex; flex-wrap: wrap; gap: 4px; flex: 0 0 auto; max-height: 96px; overflow-y: auto; }
+.enfoque-chips:empty { display: none; }
+.enfoque-weights .enfoque-chips { max-height: none; flex: 0 1 auto; align-content: flex-start; }
 .enfoque-chip { display: inline-flex; align-items: baseline; gap: 5px; padding: 3px 8px; border-radius: 11px;
   border: 1px solid var(--border-color, #4a4a4a); background: var(--comfy-input-bg, #222);
   cursor: pointer; user-select: none; white-space: nowrap; touch-action: none; }
@@ -51,10 +69,17 @@ const CSS = `
   justify-content: center; background: rgba(0,0,0,0.25); border-radius: 4px; }
 .enfoque-view img { width: 100%; height: 100%; object-fit: contain; display: block; }
 .enfoque-view img[src=""], .enfoque-view img:not([src]), .enfoque-view img.enfoque-missing { display: none; }
+.enfoque-view.enfoque-float { position: fixed; z-index: 1000; width: 240px; height: 240px; flex: none;
+  background: rgba(20,20,20,0.95); border: 1px solid #7fb2ff; pointer-events: none; }
 .enfoque-caption { position: absolute; left: 6px; bottom: 4px; padding: 1px 6px; border-radius: 3px;
   background: rgba(0,0,0,0.6); color: #fff; font-size: 11px; pointer-events: none; }
 .enfoque-caption:empty { display: none; }
 .enfoque-hint { opacity: 0.6; font-size: 11px; padding: 2px; }
+.enfoque-hint:empty { display: none; }
+.enfoque-notice { box-sizing: border-box; width: 100%; height: 100%; padding: 4px 6px; border-radius: 4px;
+  border: 1px solid #d9a520; background: #3d3012; color: #ffe6a3; font: 11px/1.3 Inter, Arial, sans-serif;
+  overflow: auto; }
+.enfoque-notice-text { display: block; }
 `;
 
 function addStyle() {
@@ -97,21 +122,65 @@ function redraw(node) {
   app.graph?.setDirtyCanvas?.(true, true);
 }
 
+const DOM_MARGIN = 20; // what the frontend keeps around a DOM widget's element (above and below together)
+const ROOT_PAD = 8; // .enfoque-root's padding, top and bottom together
+const ROOT_GAP = 6; // .enfoque-root's gap between its parts
+
+/** The height a DOM widget needs for `parts` (heights of the root's visible parts, in order). */
+function widgetHeight(parts) {
+  const shown = parts.filter((h) => h > 0);
+  return DOM_MARGIN + ROOT_PAD + shown.reduce((a, b) => a + b, 0) + ROOT_GAP * Math.max(0, shown.length - 1);
+}
+
+/**
+ * The height of an element's content, measured only while it is laid out at its width (a widget off
+ * screen has none, and its chips would stack one per line); else the last such measure, else `guess`.
+ */
+function laidOutHeight(e, guess) {
+  if (e.isConnected && e.clientWidth > 40 && e.getClientRects().length) e.enfoqueHeight = e.scrollHeight;
+  return e.enfoqueHeight ?? guess;
+}
+
+/** Grow the node to what its widgets need now; with `shrink`, also down to it. */
+function fitHeight(node, shrink = false) {
+  const min = node.computeSize?.();
+  if (!min) return;
+  if (node.size[1] < min[1] || (shrink && node.size[1] > min[1])) {
+    node.setSize([node.size[0], min[1]]);
+    redraw(node);
+  }
+}
+
+/** Draw the node again when these elements change size (laid out for the first time, new text, wrapping). */
+function watchSize(node, ...elements) {
+  if (typeof ResizeObserver !== "function") return;
+  const observer = new ResizeObserver(() => redraw(node));
+  for (const e of elements) observer.observe(e);
+}
+
 // ------------------------------------------------------------------ map nodes
 
 function mapsWidget(node) {
   if (node.enfoque) return node.enfoque;
+  const floating = node.comfyClass !== "EnfoqueHeatmaps"; // no picture area of its own
   const root = el("div", "enfoque-root enfoque-maps");
   const chips = el("div", "enfoque-chips");
   const hint = el("div", "enfoque-hint", "Run the workflow to see the prompt's words here.");
-  const view = el("div", "enfoque-view");
+  const view = el("div", floating ? "enfoque-view enfoque-float" : "enfoque-view");
   const img = el("img");
   img.alt = "";
   img.draggable = false;
   const caption = el("div", "enfoque-caption");
   view.append(img, caption);
-  root.append(chips, hint, view);
-  const state = { root, chips, hint, view, img, caption, words: [], shares: [], images: [], base: null, hovered: null };
+  root.append(chips, hint);
+  if (floating) {
+    view.style.display = "none";
+    document.body.append(view);
+  } else {
+    root.append(view);
+  }
+  const state = { root, chips, hint, view, img, caption, floating, words: [], shares: [], images: [], base: null,
+    hovered: null, anchor: null };
   node.enfoque = state;
   // previews live in ComfyUI's temp folder, which is emptied when the server restarts
   img.addEventListener("error", () => {
@@ -123,9 +192,20 @@ function mapsWidget(node) {
   const widget = node.addDOMWidget("enfoque_words", "enfoque-words", root, {
     serialize: false,
     hideOnZoom: true,
-    getMinHeight: () => (state.words.length ? 220 : 60),
+    getMinHeight: () =>
+      widgetHeight([
+        state.hint.textContent ? Math.max(17, laidOutHeight(hint, 17)) : 0,
+        state.words.length ? Math.min(96, Math.max(24, laidOutHeight(chips, 26 * Math.ceil(state.words.length / 4)))) : 0,
+        !floating && state.words.length && state.base ? VIEW_MIN_HEIGHT : 0,
+      ]),
   });
   widget.serialize = false;
+  watchSize(node, hint, chips);
+  const remove = widget.onRemove;
+  widget.onRemove = function (...args) {
+    view.remove(); // the floating view lives outside the node
+    return remove?.apply(this, args);
+  };
   state.widget = widget;
   return state;
 }
@@ -141,8 +221,8 @@ function showWord(node, word) {
     const share = s.shares[i];
     label = share == null ? word : `${word}  ${(100 * share).toFixed(1)}%`;
     if (!entry) label += " (no preview for this word)";
-  } else {
-    entry = s.base; // the node's own preview (the Heatmaps panel grid), if any
+  } else if (!s.floating) {
+    entry = s.base; // the node's own picture (the Heatmaps panel grid), if any
   }
   const src = viewUrl(entry);
   if (s.img.getAttribute("src") !== src) {
@@ -154,7 +234,20 @@ function showWord(node, word) {
   if (src && s.img.classList.contains("enfoque-missing")) {
     s.caption.textContent = `${label || "preview"} (gone from the server; run the workflow again)`;
   }
-  s.view.style.display = s.words.length && (src || label) ? "" : "none";
+  if (s.floating) {
+    // next to the hovered chip, never over it
+    const chip = s.hovered != null ? s.anchor : null;
+    const box = chip?.getBoundingClientRect();
+    s.view.style.display = box && (src || label) ? "" : "none";
+    if (box) {
+      const left = Math.min(window.innerWidth - 250, box.right + 8);
+      const top = Math.max(4, Math.min(window.innerHeight - 250, box.top - 100));
+      s.view.style.left = `${Math.max(4, left)}px`;
+      s.view.style.top = `${top}px`;
+    }
+  } else {
+    s.view.style.display = s.words.length && (src || label) ? "" : "none";
+  }
 }
 
 function currentWord(node) {
@@ -169,6 +262,7 @@ function refreshPins(node) {
   const s = node.enfoque;
   if (!s) return;
   s.root.dataset.enfoqueNode = String(node.id);
+  s.view.dataset.enfoqueNode = String(node.id);
   const pinned = node.properties?.[PIN];
   for (const chip of s.chips.children) {
     chip.classList.toggle("enfoque-pinned", chip.dataset.word === pinned);
@@ -187,7 +281,7 @@ function setPinned(node, word) {
   redraw(node);
 }
 
-function renderMapChips(node) {
+function renderMapChips(node, hint = "") {
   const s = mapsWidget(node);
   s.root.dataset.enfoqueNode = String(node.id); // ids are assigned after onNodeCreated
   s.chips.replaceChildren();
@@ -200,6 +294,7 @@ function renderMapChips(node) {
     if (share != null) chip.append(el("span", "enfoque-val", `${Math.round(100 * share)}%`));
     chip.addEventListener("pointerenter", () => {
       s.hovered = word;
+      s.anchor = chip;
       showWord(node, word);
     });
     chip.addEventListener("pointerleave", () => {
@@ -212,27 +307,57 @@ function renderMapChips(node) {
     });
     s.chips.append(chip);
   });
-  s.hint.style.display = s.words.length ? "none" : "";
+  s.hint.textContent = s.words.length ? "" : hint || "Run the workflow to see the prompt's words here.";
   refreshPins(node);
-  const min = node.computeSize?.();
-  if (min && node.size[1] < min[1]) node.setSize([node.size[0], min[1]]);
+  fitHeight(node, !s.words.length);
   redraw(node);
 }
 
-function applyMapsOutput(node, output) {
-  const words = output?.enfoque_words;
-  if (!Array.isArray(words)) return;
+/** The part of a map node's output the chips need, small enough to keep in the workflow. */
+function chipsOutput(output) {
+  const words = output.enfoque_words.map(String);
+  const shares = Array.isArray(output.enfoque_shares?.[0]) ? output.enfoque_shares[0] : [];
+  const images = Array.isArray(output.enfoque_word_images) ? output.enfoque_word_images : [];
+  return {
+    words: words.slice(0, KEPT_WORDS),
+    shares: shares.slice(0, KEPT_WORDS),
+    images: images.slice(0, KEPT_WORDS),
+    base: Array.isArray(output.images) ? output.images[0] ?? null : null,
+  };
+}
+
+function applyChips(node, kept) {
   const s = mapsWidget(node);
-  const sig = JSON.stringify([words, output.enfoque_word_images, output.images?.[0]]);
+  const sig = JSON.stringify(kept);
   if (sig === s.sig && s.chips.children.length) return refreshPins(node);
   s.sig = sig;
-  s.words = words.map(String);
-  const shares = output.enfoque_shares;
-  s.shares = Array.isArray(shares) && Array.isArray(shares[0]) ? shares[0] : [];
-  s.images = Array.isArray(output.enfoque_word_images) ? output.enfoque_word_images : [];
-  s.base = Array.isArray(output.images) ? output.images[0] ?? null : null;
+  s.words = kept.words;
+  s.shares = kept.shares;
+  s.images = kept.images;
+  s.base = kept.base;
   s.hovered = null;
   renderMapChips(node);
+}
+
+function applyMapsOutput(node, output) {
+  if (!Array.isArray(output?.enfoque_words)) return;
+  const kept = chipsOutput(output);
+  node.properties = node.properties ?? {};
+  node.properties[LAST_OUTPUT] = kept;
+  applyChips(node, kept);
+}
+
+/** No output to show (a failed run, a workflow without one): no chips, and the node shrinks to its widgets. */
+function clearMapChips(node, hint) {
+  const s = mapsWidget(node);
+  if (node.properties) delete node.properties[LAST_OUTPUT];
+  s.sig = null;
+  s.words = [];
+  s.shares = [];
+  s.images = [];
+  s.base = null;
+  s.hovered = null;
+  renderMapChips(node, hint);
 }
 
 /** The chips widget shows this node's pictures; drop the canvas preview so they are not drawn twice. */
@@ -246,27 +371,127 @@ function hideNativePreview(node) {
   }
 }
 
-function setupMapNode(nodeType, eager) {
-  // Heatmaps always has the chips (its ui output carries the words); other map nodes get
-  // them once an output with words arrives
-  if (eager) {
-    chain(nodeType.prototype, "onNodeCreated", function () {
-      mapsWidget(this);
-    });
-  }
+function setupMapNode(nodeType) {
+  chain(nodeType.prototype, "onNodeCreated", function () {
+    mapsWidget(this);
+  });
   chain(nodeType.prototype, "onExecuted", function (output) {
     applyMapsOutput(this, output);
   });
   chain(nodeType.prototype, "onConfigure", function () {
-    // properties (the pinned word) are restored by now; outputs the frontend still holds
-    // for this node (same session) bring the chips back with the pin applied
+    // properties (the pin, the last output) are restored by now; outputs the frontend still holds
+    // for this node (same session) come first, then the output kept in the workflow
     const output = app.nodeOutputs?.[String(this.id)];
+    const kept = this.properties?.[LAST_OUTPUT];
     if (Array.isArray(output?.enfoque_words)) applyMapsOutput(this, output);
-    else refreshPins(this);
+    else if (Array.isArray(kept?.words) && kept.words.length) applyChips(this, kept);
+    else clearMapChips(this);
   });
   chain(nodeType.prototype, "onDrawBackground", function () {
     hideNativePreview(this);
+    fitHeight(this); // chips laid out while the node was off screen measure only now
   });
+  chain(nodeType.prototype, "onRemoved", function () {
+    this.enfoque?.view.remove();
+  });
+}
+
+// which map nodes ran in the current prompt: when it fails, the others show stale chips
+const run = { id: null, executed: new Set() };
+
+function onRunFailed(detail) {
+  if (detail?.prompt_id && run.id && detail.prompt_id !== run.id) return;
+  const where = app.graph?.getNodeById?.(detail?.node_id)?.title ?? detail?.node_type;
+  const failed = where ? ` (${where} failed)` : "";
+  for (const node of app.graph?.nodes ?? []) {
+    if (!MAP_NODES.has(node.comfyClass) || run.executed.has(String(node.id))) continue;
+    if (node.enfoque?.words.length || node.properties?.[LAST_OUTPUT]) {
+      clearMapChips(node, `The last run did not finish${failed}; run the workflow again to see the words.`);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------- notices
+
+function setNotice(node, text) {
+  node.enfoqueNoticeText = text || "";
+  let s = node.enfoqueNotice;
+  if (!text) {
+    if (!s) return;
+    const i = node.widgets?.indexOf(s.widget) ?? -1;
+    if (i > -1) {
+      node.widgets[i].onRemove?.();
+      node.widgets.splice(i, 1);
+    }
+    node.enfoqueNotice = null;
+    fitHeight(node, true);
+    redraw(node);
+    return;
+  }
+  if (!s) {
+    const box = el("div", "enfoque-notice");
+    const text = el("span", "enfoque-notice-text");
+    box.append(text);
+    const widget = node.addDOMWidget("enfoque_notice", "enfoque-notice", box, {
+      serialize: false,
+      hideOnZoom: false,
+      // the text's own height (about 60 characters a line until it is laid out on screen), padding, border
+      getMinHeight: () =>
+        DOM_MARGIN + 10 + Math.min(110, laidOutHeight(text, 15 * Math.ceil((node.enfoqueNoticeText?.length ?? 0) / 60))),
+    });
+    widget.serialize = false;
+    s = node.enfoqueNotice = { box, text, widget };
+    watchSize(node, text);
+    const draw = node.onDrawForeground;
+    node.onDrawForeground = function (...args) {
+      const out = draw?.apply(this, args);
+      if (this.enfoqueNotice) fitHeight(this); // measured only now that it is on screen
+      return out;
+    };
+  }
+  s.box.dataset.enfoqueNode = String(node.id);
+  s.text.enfoqueHeight = undefined; // a new text: measure again
+  s.text.textContent = `⚠ ${text}`;
+  s.box.title = text;
+  fitHeight(node);
+  redraw(node);
+}
+
+function onNotice({ detail }) {
+  const node = app.graph?.getNodeById?.(detail?.node);
+  if (!node) return;
+  const text = String(detail.text ?? "");
+  if (text && text !== node.enfoqueNoticeText) {
+    app.extensionManager?.toast?.add?.({ severity: "warn", summary: node.title || "Enfoque", detail: text, life: 8000 });
+  }
+  setNotice(node, text);
+}
+
+// ---------------------------------------------------------- older workflows' probes
+
+function linksOf(graph) {
+  const links = graph?.links;
+  if (!links) return [];
+  return links instanceof Map ? [...links.values()] : Object.values(links).filter(Boolean);
+}
+
+/** Links saved with the one probe type of before: give them their slots' type, or say what to connect. */
+function migrateProbeLinks(graph) {
+  for (const link of linksOf(graph)) {
+    if (link?.type !== LEGACY_PROBE) continue;
+    const from = graph.getNodeById(link.origin_id)?.outputs?.[link.origin_slot]?.type;
+    const target = graph.getNodeById(link.target_id);
+    const to = target?.inputs?.[link.target_slot]?.type;
+    if (from && from === to) {
+      link.type = from;
+    } else if (target && PROBE_TYPES[from] && PROBE_TYPES[to]) {
+      setNotice(
+        target,
+        `${target.title}: its probe comes from ${PROBE_TYPES[from]}, but it needs the probe of ${PROBE_TYPES[to]} ` +
+          `(a workflow from before the two probes got their own types). Connect the probe output of ${PROBE_TYPES[to]}.`,
+      );
+    }
+  }
 }
 
 // ------------------------------------------------------------- token weights
@@ -346,10 +571,15 @@ function weightState(node) {
   const widget = node.addDOMWidget("enfoque_weight_chips", "enfoque-weights", root, {
     serialize: false,
     hideOnZoom: true,
-    getMinHeight: () => Math.max(44, Math.min(220, chips.scrollHeight + hint.offsetHeight + 12)),
+    getMinHeight: () =>
+      Math.min(
+        260,
+        widgetHeight([Math.max(17, laidOutHeight(hint, 17)), laidOutHeight(chips, 26 * Math.ceil(state.words.length / 5))]),
+      ),
   });
   widget.serialize = false;
   state.widget = widget;
+  watchSize(node, hint, chips);
   return state;
 }
 
@@ -532,6 +762,7 @@ function setupWeightNode(nodeType) {
   // the prompt text can change anywhere upstream; check it (cheaply) whenever the node is drawn
   chain(nodeType.prototype, "onDrawForeground", function () {
     if (this.enfoqueWeights) pollPrompt(this);
+    fitHeight(this); // chips laid out while the node was off screen measure only now
   });
 }
 
@@ -539,6 +770,20 @@ app.registerExtension({
   name: EXT,
   setup() {
     addStyle();
+    api.addEventListener(NOTICE_EVENT, onNotice);
+    api.addEventListener("execution_start", ({ detail }) => {
+      run.id = detail?.prompt_id ?? null;
+      run.executed = new Set();
+    });
+    api.addEventListener("executed", ({ detail }) => {
+      run.executed.add(String(detail?.display_node ?? detail?.node));
+    });
+    // a cached node's chips show the output the cache holds: still true
+    api.addEventListener("execution_cached", ({ detail }) => {
+      for (const id of detail?.nodes ?? []) run.executed.add(String(id));
+    });
+    api.addEventListener("execution_error", ({ detail }) => onRunFailed(detail));
+    api.addEventListener("execution_interrupted", ({ detail }) => onRunFailed(detail));
   },
   // the frontend restores a workflow's outputs when its tab is shown again
   onNodeOutputsUpdated(outputs) {
@@ -547,8 +792,11 @@ app.registerExtension({
       if (MAP_NODES.has(node.comfyClass) && Array.isArray(output?.enfoque_words)) applyMapsOutput(node, output);
     }
   },
+  afterConfigureGraph() {
+    migrateProbeLinks(app.graph);
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (MAP_NODES.has(nodeData?.name)) setupMapNode(nodeType, nodeData.name === "EnfoqueHeatmaps");
+    if (MAP_NODES.has(nodeData?.name)) setupMapNode(nodeType);
     else if (nodeData?.name === WEIGHT_NODE) setupWeightNode(nodeType);
   },
 });

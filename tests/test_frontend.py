@@ -8,11 +8,17 @@ and the word chips in a real browser.
 - The browser test drives Debian's ``/usr/bin/chromium`` with the npm package
   ``playwright-core`` (tests/browser/enfoque_ui.mjs) against the live server and
   the real ComfyUI frontend: it loads example_workflows/api/tiny_sd3_maps.json,
-  queues it, hovers and pins word chips on EnfoqueHeatmaps, reloads the workflow
-  from its serialised JSON, and weighs words on an EnfoqueTokenWeights node. It
-  is skipped, with the reason, when chromium, node or playwright-core is missing
-  (``apt-get install chromium``; ``cd tests/browser && npm ci``). Screenshots go
-  to ``out/artifacts/frontend/``.
+  queues it, hovers and pins word chips on EnfoqueHeatmaps and EnfoqueAttentionMaps
+  (which keeps no blank picture area), reloads the workflow from its serialised
+  JSON and then the whole page (the chips come back from the node's last output),
+  runs a graph that fails (the stale chips are cleared), drags a CLIP probe onto a
+  model-probe input (the canvas refuses it), loads a workflow saved before the
+  probe types split (its links get the new types; a wrong one gets a notice),
+  runs with reweight=off and a weighted word (a notice on the node), and weighs
+  words on an EnfoqueTokenWeights node. It is skipped, with the reason, when
+  chromium, node or playwright-core is missing (``apt-get install chromium``;
+  ``cd tests/browser && npm ci``). Screenshots go to ``out/artifacts/frontend/``.
+  The templates' browser test is in tests/test_templates.py.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ JS_DIR = REPO_ROOT / "js"
 BROWSER_DIR = REPO_ROOT / "tests" / "browser"
 SCRIPT = BROWSER_DIR / "enfoque_ui.mjs"
 WORKFLOW = REPO_ROOT / "example_workflows" / "api" / "tiny_sd3_maps.json"
+LEGACY = BROWSER_DIR / "fixtures" / "sd35_attention_maps_v0.1.json"  # a template as saved before Step 11
 ARTIFACTS = REPO_ROOT / "out" / "artifacts" / "frontend"
 CHROMIUM = os.environ.get("ENFOQUE_CHROMIUM", "/usr/bin/chromium")
 BROWSER_TIMEOUT = 180  # the run itself takes about 10 s; generous for slow CI machines
@@ -176,7 +183,7 @@ def test_extension_parses():
 # --------------------------------------------------------------------------- the browser
 
 
-def _browser_missing() -> str | None:
+def browser_missing() -> str | None:
     if not Path(CHROMIUM).is_file():
         return (
             f"browser test needs Chromium at {CHROMIUM} (Debian: apt-get install chromium; "
@@ -194,47 +201,73 @@ def _browser_missing() -> str | None:
     return None
 
 
-@pytest.mark.server
-def test_word_chips_in_the_browser(comfy_server):
-    reason = _browser_missing()
-    if reason:
-        pytest.skip(reason)
+def run_browser_script(server, script: Path, args: list[str], timeout: int = BROWSER_TIMEOUT) -> tuple[dict, str]:
+    """Run one of tests/browser/*.mjs against the live server; its RESULT, checked ok, and its output."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*.png"):
-        old.unlink()
-    cmd = [
-        shutil.which("node") or "node",
-        str(SCRIPT),
-        "--url",
-        comfy_server.url,
-        "--workflow",
-        str(WORKFLOW),
-        "--out",
-        str(ARTIFACTS),
-        "--chromium",
-        CHROMIUM,
-    ]
+    cmd = [shutil.which("node") or "node", str(script), "--url", server.url, "--out", str(ARTIFACTS),
+           "--chromium", CHROMIUM, *args]
     try:
         proc = subprocess.run(
-            cmd, cwd=BROWSER_DIR, capture_output=True, text=True, timeout=BROWSER_TIMEOUT, stdin=subprocess.DEVNULL
+            cmd, cwd=BROWSER_DIR, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
         )
     except subprocess.TimeoutExpired as e:
-        pytest.fail(f"the browser test ran over {BROWSER_TIMEOUT}s; output:\n{e.stdout}\n{e.stderr}")
+        pytest.fail(f"{script.name} ran over {timeout}s; output:\n{e.stdout}\n{e.stderr}")
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, f"no result from the browser script (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    assert lines, f"no result from {script.name} (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     result = json.loads(lines[-1][len("RESULT ") :])
     for shot in result.get("screenshots", []):
         print(f"screenshot: {shot}")
     assert result["ok"], (
-        f"browser check failed at step {result.get('step')!r}: {result.get('error')}\n"
+        f"{script.name} failed at step {result.get('step')!r}: {result.get('error')}\n"
         f"screenshots: {result.get('screenshots')}\nprogress:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}\n"
-        f"server log tail:\n{comfy_server.log()[-3000:]}"
+        f"server log tail:\n{server.log()[-3000:]}"
     )
+    return result, proc.stdout
+
+
+@pytest.fixture(scope="session")
+def browser_models(comfy, comfy_server):
+    """A random TAESD3 (ComfyUI's own class) as the live server's "taesd3" VAE, so graphs that decode run."""
+    import safetensors.torch
+    import tiny_models
+    from comfy.taesd.taesd import TAESD
+
+    folder = comfy_server.models_dir / "vae_approx"
+    folder.mkdir(parents=True, exist_ok=True)
+    taesd = tiny_models.randomize_(TAESD(latent_channels=16))  # ComfyUI allocates its weights with torch.empty
+    for name, part in (("taesd3_encoder", taesd.taesd_encoder), ("taesd3_decoder", taesd.taesd_decoder)):
+        sd = {k: v.contiguous() for k, v in part.state_dict().items()}
+        safetensors.torch.save_file(sd, str(folder / f"{name}.safetensors"))
+    return folder
+
+
+@pytest.mark.server
+def test_word_chips_in_the_browser(comfy_server, browser_models):
+    reason = browser_missing()
+    if reason:
+        pytest.skip(reason)
+    for old in ARTIFACTS.glob("enfoque_*.png"):
+        old.unlink()
+    result, _ = run_browser_script(comfy_server, SCRIPT, ["--workflow", str(WORKFLOW), "--legacy", str(LEGACY)])
     assert result["chip_words"] == ["red cat", "blue chair"]
     assert result["pin_after_reload"] == "blue chair"
     assert result["weights"]["afterDrag"] == "cat:1.1, chair:0.8, red:1.5"
-    assert all(Path(s).is_file() for s in result["screenshots"])
-    print(f"EnfoqueAttentionMaps: {result.get('attention_maps')}")
+    missing = [s for s in result["screenshots"] if not Path(s).is_file()]
+    assert not missing, f"screenshots not written: {missing}"
+    # a reload keeps the chips (the workflow reloaded, and the page reloaded), a failed run clears them
+    assert result["chips_after_page_reload"]["chips"] == ["red cat", "blue chair"]
+    assert result["chips_after_page_reload"]["pinned"] == ["blue chair"]
+    assert result["after_failed_run"]["heat"] == result["after_failed_run"]["attn"] == 0
+    # Enfoque Attention Maps: its widgets and the chips, no picture area
+    assert result["attention_maps_height"]["h"] <= result["attention_maps_height"]["min"] + 1
+    # the canvas refuses a CLIP probe in a model-probe input; an old workflow's probe links get the new types
+    assert result["wrong_probe"]["api"] is None and result["wrong_probe"]["types"] == [
+        "ENFOQUE_CLIP_PROBE", "ENFOQUE_MODEL_PROBE"]
+    assert result["wrong_probe"]["drag"][2] == "ENFOQUE_MODEL_PROBE"
+    assert set(result["legacy"]["migrated"]) == {"ENFOQUE_MODEL_PROBE"}
+    assert "needs the probe of Enfoque Patch Model" in result["legacy"]["notice"]
+    assert "reweight is off" in result["notice"]
+    print(f"EnfoqueAttentionMaps: {result.get('attention_maps')}, {result.get('attention_maps_height')}")
     print(f"browser check took {result['seconds']:.1f}s")
 
 

@@ -2,120 +2,59 @@
 // ComfyUI server, driven by playwright-core in Debian's /usr/bin/chromium.
 // Run by tests/test_frontend.py:
 //
-//   node enfoque_ui.mjs --url http://127.0.0.1:PORT --workflow api.json --out DIR [--chromium PATH]
+//   node enfoque_ui.mjs --url http://127.0.0.1:PORT --workflow api.json --legacy old.json --out DIR [--chromium PATH]
+//
+// Word chips (hover, pin, a workflow reloaded and the page reloaded keep them, a failed run clears
+// them, Enfoque Attention Maps keeps no blank picture area), token-weight chips, the canvas refusing
+// a CLIP probe in a model-probe input, a workflow saved before the probe types split, and the notice
+// for weights that reweight=off ignores.
 //
 // Prints progress lines and, last, one line "RESULT {json}" with what it saw
 // ({"ok": true, ...} or {"ok": false, "step": ..., "error": ...}). Writes
 // screenshots into DIR. Never downloads a browser.
 
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { check, finish, listen, openComfy, parseArgs, queueAndWait as queuePrompt, session } from "./lib.mjs";
 
-const args = Object.fromEntries(
-  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith("--") ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
-);
+const args = parseArgs(process.argv.slice(2));
 const url = args.url;
 const workflow = JSON.parse(fs.readFileSync(args.workflow, "utf8"));
+const legacy = args.legacy ? JSON.parse(fs.readFileSync(args.legacy, "utf8")) : null;
 // a fresh seed: the server may hold this graph's outputs from an earlier run, and cached
 // nodes send no "executed" message, so the chips would never appear
 for (const node of Object.values(workflow)) {
   if (node.class_type === "KSampler") node.inputs.seed = Math.floor(Math.random() * 2 ** 31);
 }
 const outDir = args.out;
-const executablePath = args.chromium || "/usr/bin/chromium";
 fs.mkdirSync(outDir, { recursive: true });
 
 const MAPS_NODE = "10"; // EnfoqueHeatmaps in example_workflows/api/tiny_sd3_maps.json
 const ATTN_NODE = "9"; // its EnfoqueAttentionMaps
 const AWAY = [760, 780]; // empty canvas, where the mouse rests off the chips
 const TEXT_NODE = "4"; // its positive CLIPTextEncode
-const t0 = Date.now();
-const result = { ok: false, step: "start", screenshots: [], console_errors: [], timings: {} };
-let step = "start";
-const log = (msg) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}`);
-const mark = (name) => {
-  step = name;
-  result.timings[name] = (Date.now() - t0) / 1000;
-  log(name);
-};
-const check = (cond, msg) => {
-  if (!cond) throw new Error(msg);
-};
+const result = { ok: false, name: "enfoque", step: "start", screenshots: [], console_errors: [], timings: {} };
+const s = session(result);
+const { log } = s;
+const mark = (name) => s.mark(name);
 
-const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "enfoque-chromium-"));
-let context;
+let page;
+let close;
 try {
   mark("launch");
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath,
-    headless: true,
-    viewport: { width: 1400, height: 900 },
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(30000);
-  page.on("pageerror", (e) => result.console_errors.push(`pageerror: ${e.message}`));
-  page.on("console", (m) => {
-    if (m.type() === "error" && /enfoque/i.test(m.text())) result.console_errors.push(m.text());
-  });
-
-  // a fresh server user sees the template browser first; mark the tutorial done
-  mark("settings");
-  const res = await fetch(`${url}/api/settings/Comfy.TutorialCompleted`, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: "true",
-  });
-  check(res.ok, `POST /api/settings failed: HTTP ${res.status}`);
-
-  mark("load page");
-  await page.goto(url);
-  await page.waitForFunction(
-    () => window.app?.graph && window.app.extensions?.some((e) => e.name === "enfoque.WordChips"),
-    null,
-    { timeout: 60000 },
-  );
+  ({ page, close } = await openComfy({ url, executablePath: args.chromium || "/usr/bin/chromium", result }));
   result.extension_loaded = true;
 
   mark("load workflow");
-  await page.evaluate(async (wf) => {
-    const { app } = window;
-    const { api } = await import("/scripts/api.js");
-    window.__enfoque = { executed: {}, errors: [], done: 0 };
-    api.addEventListener("executed", ({ detail }) => {
-      window.__enfoque.executed[String(detail.display_node ?? detail.node)] = detail.output;
-    });
-    api.addEventListener("execution_error", ({ detail }) => window.__enfoque.errors.push(detail));
-    api.addEventListener("execution_success", () => window.__enfoque.done++);
-    await app.loadApiJson(wf, "enfoque_browser_test.json");
-  }, workflow);
+  await page.evaluate(async (wf) => window.app.loadApiJson(wf, "enfoque_browser_test.json"), workflow);
   await page.waitForFunction((id) => window.app.graph.getNodeById(+id), MAPS_NODE);
 
+  // queue the canvas' graph and wait until it succeeds or fails
   const queueAndWait = async (label) => {
-    const before = await page.evaluate(() => {
-      window.__enfoque.executed = {};
-      return window.__enfoque.done;
-    });
-    await page.evaluate(() => window.app.queuePrompt(0, 1));
-    await page.waitForFunction(
-      (n) => window.__enfoque.done > n || window.__enfoque.errors.length > 0,
-      before,
-      { timeout: 120000 },
-    );
-    const errors = await page.evaluate(() => window.__enfoque.errors);
+    const errors = await queuePrompt(page);
     check(errors.length === 0, `${label}: execution failed: ${JSON.stringify(errors).slice(0, 2000)}`);
   };
+  const queueAndWaitAllowingErrors = () => queuePrompt(page);
 
   // scale 1, node at a fixed spot of the canvas, so its DOM widget is on screen
   const focusNode = async (id) => {
@@ -233,26 +172,39 @@ try {
   if (!Array.isArray(attnOut?.enfoque_words)) {
     result.attention_maps = "no chips: EnfoqueAttentionMaps sends no enfoque_words in its ui output";
   } else {
-    await page.evaluate(([id, mapsId]) => {
+    // the node as the run left it (no size set here): its own widgets and a row of chips, no blank area
+    const attnSize = await page.evaluate(([id, mapsId]) => {
       const { graph } = window.app;
       const node = graph.getNodeById(+id);
       const maps = graph.getNodeById(+mapsId);
       node.pos = [maps.pos[0], maps.pos[1] + maps.size[1] + 80];
-      node.setSize([Math.max(node.size[0], 420), Math.max(node.size[1], 420)]);
+      const min = node.computeSize();
+      return { h: node.size[1], min: min[1], widgets: node.widgets.length };
     }, [ATTN_NODE, MAPS_NODE]);
+    check(attnSize.h <= attnSize.min + 1, `EnfoqueAttentionMaps is ${attnSize.h} px tall, its content ${attnSize.min} px`);
+    check(attnSize.min < 330, `EnfoqueAttentionMaps reserves ${attnSize.min} px for 5 widgets and 2 chips`);
+    result.attention_maps_height = attnSize;
     await focusNode(ATTN_NODE);
     const attnRoot = page.locator(`.enfoque-maps[data-enfoque-node="${ATTN_NODE}"]`);
     const attnChips = attnRoot.locator(".enfoque-chip");
     await attnChips.first().waitFor({ state: "visible" });
     const words = await attnChips.evaluateAll((els) => els.map((e) => e.dataset.word));
     check(JSON.stringify(words) === JSON.stringify(attnOut.enfoque_words), `attention maps chips ${words}`);
+    const floating = page.locator(`.enfoque-view[data-enfoque-node="${ATTN_NODE}"]`);
+    check(!(await floating.isVisible()), "EnfoqueAttentionMaps shows a picture area before hovering");
     await attnChips.first().hover();
-    const shown = await attnRoot.locator(".enfoque-view img").evaluate(async (im) => {
+    await floating.waitFor({ state: "visible" });
+    const shown = await floating.locator("img").evaluate(async (im) => {
       await im.decode().catch(() => {});
       return { word: im.dataset.word, w: im.naturalWidth };
     });
     check(shown.word === words[0] && shown.w > 0, `hovering an EnfoqueAttentionMaps chip showed ${JSON.stringify(shown)}`);
+    const chipBox = await attnChips.first().boundingBox();
+    const viewBox = await floating.boundingBox();
+    check(viewBox.x >= chipBox.x + chipBox.width || viewBox.y + viewBox.height <= chipBox.y,
+      "the floating view covers the chip it shows");
     await page.mouse.move(...AWAY);
+    await floating.waitFor({ state: "hidden" });
     const shot = path.join(outDir, "enfoque_attention_maps.png");
     await attnChips.first().hover();
     await page.screenshot({ path: shot });
@@ -300,6 +252,217 @@ try {
   const reloadedView = await root2.locator(".enfoque-view img").evaluate((im) => im.dataset.word);
   check(reloadedView === w1, `after reload the view shows '${reloadedView}'`);
   result.pin_after_reload = w1;
+
+  mark("page reload");
+  // the browser reloads the page: the frontend restores the open workflow from its storage, without outputs
+  await page.waitForTimeout(1500); // the frontend stores the open workflow shortly after each change
+  await page.reload();
+  await page.waitForFunction(
+    (id) => window.app?.graph?.getNodeById(+id) && window.app.extensions?.some((e) => e.name === "enfoque.WordChips"),
+    MAPS_NODE,
+    { timeout: 60000 },
+  );
+  await listen(page);
+  await focusNode(MAPS_NODE);
+  const afterPageReload = await page.evaluate((id) => ({
+    outputs: !!window.app.nodeOutputs?.[id]?.enfoque_words,
+    chips: [...document.querySelectorAll(`.enfoque-maps[data-enfoque-node="${id}"] .enfoque-chip`)].map((e) => e.dataset.word),
+    pinned: [...document.querySelectorAll(`.enfoque-maps[data-enfoque-node="${id}"] .enfoque-chip.enfoque-pinned`)].map((e) => e.dataset.word),
+    shown: document.querySelector(`.enfoque-maps[data-enfoque-node="${id}"] .enfoque-view img`)?.dataset.word ?? null,
+  }), MAPS_NODE);
+  result.chips_after_page_reload = afterPageReload;
+  check(!afterPageReload.outputs, "the frontend kept the outputs over a page reload (this check needs a fresh page)");
+  check(JSON.stringify(afterPageReload.chips) === JSON.stringify(result.words),
+    `after a page reload the chips are ${JSON.stringify(afterPageReload.chips)}, not the last output's ${result.words}`);
+  check(JSON.stringify(afterPageReload.pinned) === JSON.stringify([w1]) && afterPageReload.shown === w1,
+    `after a page reload the pin is ${JSON.stringify(afterPageReload)}`);
+  const reloadShot = path.join(outDir, "enfoque_chips_after_page_reload.png");
+  await page.screenshot({ path: reloadShot });
+  result.screenshots.push(reloadShot);
+
+  mark("failed run clears chips");
+  // a word that is not in the prompt: Enfoque Attention Maps fails, Enfoque Heatmaps does not run
+  const setWords = (words) =>
+    page.evaluate(([id, w]) => {
+      window.app.graph.getNodeById(+id).widgets.find((x) => x.name === "words").value = w;
+    }, [ATTN_NODE, words]);
+  await setWords("red cat, purple dog");
+  const failErrors = await queueAndWaitAllowingErrors();
+  check(failErrors.length === 1 && /purple dog/.test(failErrors[0].exception_message ?? ""),
+    `the run with a wrong word did not fail as expected: ${JSON.stringify(failErrors).slice(0, 500)}`);
+  result.failed_run_error = failErrors[0].exception_message;
+  await page.waitForFunction((id) => !document.querySelector(`.enfoque-maps[data-enfoque-node="${id}"] .enfoque-chip`), MAPS_NODE);
+  const cleared = await page.evaluate(([id, attn]) => ({
+    heat: document.querySelectorAll(`.enfoque-maps[data-enfoque-node="${id}"] .enfoque-chip`).length,
+    attn: document.querySelectorAll(`.enfoque-maps[data-enfoque-node="${attn}"] .enfoque-chip`).length,
+    hint: document.querySelector(`.enfoque-maps[data-enfoque-node="${id}"] .enfoque-hint`)?.textContent,
+    kept: window.app.graph.getNodeById(+id).properties.enfoque_output ?? null,
+    h: window.app.graph.getNodeById(+id).size[1],
+    min: window.app.graph.getNodeById(+id).computeSize()[1],
+  }), [MAPS_NODE, ATTN_NODE]);
+  result.after_failed_run = cleared;
+  check(cleared.heat === 0 && cleared.attn === 0 && cleared.kept === null, `stale chips after a failed run: ${JSON.stringify(cleared)}`);
+  check(/did not finish/.test(cleared.hint ?? ""), `no hint after a failed run: ${cleared.hint}`);
+  check(cleared.h <= cleared.min + 1, `after a failed run the node stays ${cleared.h} px tall for ${cleared.min} px of widgets`);
+  const failShot = path.join(outDir, "enfoque_chips_cleared_after_failed_run.png");
+  await page.screenshot({ path: failShot });
+  result.screenshots.push(failShot);
+  // ComfyUI's error dialog for the failed run
+  const dialog = page.locator(".p-dialog");
+  result.failed_run_dialog = (await dialog.count()) ? await dialog.first().innerText() : null;
+  await page.keyboard.press("Escape");
+  await dialog.first().waitFor({ state: "hidden" }).catch(() => {});
+  await setWords("red cat, blue chair");
+  const sent = await page.evaluate(async (id) => (await window.app.graphToPrompt()).output[id].inputs.words, ATTN_NODE);
+  check(sent === "red cat, blue chair", `the words widget sends ${sent}`);
+  await queueAndWait("run after the failed one");
+  await root2.locator(".enfoque-chip").first().waitFor({ state: "visible" });
+
+  mark("wrong probe link");
+  const probe = await page.evaluate(([attnId]) => {
+    const { app } = window;
+    const attn = app.graph.getNodeById(+attnId);
+    const clip = window.LiteGraph.createNode("EnfoquePatchCLIP");
+    clip.pos = [attn.pos[0] - 420, attn.pos[1] + 40];
+    app.graph.add(clip);
+    const before = attn.inputs[0].link;
+    const origin = app.graph.getLink?.(before)?.origin_id ?? app.graph.links[before]?.origin_id;
+    // through the API the canvas uses for every new link: refused for the wrong type
+    const refused = clip.connect(1, attn, 0);
+    return { clip: String(clip.id), before, origin: String(origin), api: refused == null ? null : String(refused),
+      types: [clip.outputs[1].type, attn.inputs[0].type] };
+  }, [ATTN_NODE]);
+  check(probe.api === null, `LiteGraph linked a CLIP probe to a model-probe input: ${JSON.stringify(probe)}`);
+  // and with the mouse, as a user drags it
+  await focusNode(ATTN_NODE);
+  await page.evaluate(([clipId, attnId]) => {
+    const { app } = window;
+    const attn = app.graph.getNodeById(+attnId);
+    app.canvas.ds.offset = [420 - attn.pos[0] + 40, 260 - attn.pos[1]];
+    app.canvas.setDirty(true, true);
+  }, [probe.clip, ATTN_NODE]);
+  await page.waitForTimeout(300);
+  const slot = (id, input, index) =>
+    page.evaluate(([id, input, index]) => {
+      const { app } = window;
+      const n = app.graph.getNodeById(+id);
+      const [x, y] = n.getConnectionPos(input, index);
+      const c = app.canvas.canvas.getBoundingClientRect();
+      const { scale, offset } = app.canvas.ds;
+      return [(x + offset[0]) * scale + c.left, (y + offset[1]) * scale + c.top];
+    }, [id, input, index]);
+  const drag = async (from, to, shotName) => {
+    await page.mouse.move(...from);
+    await page.mouse.down();
+    await page.mouse.move((from[0] + to[0]) / 2, (from[1] + to[1]) / 2, { steps: 5 });
+    await page.mouse.move(...to, { steps: 5 });
+    if (shotName) {
+      const shot = path.join(outDir, shotName);
+      await page.screenshot({ path: shot });
+      result.screenshots.push(shot);
+    }
+    await page.mouse.up();
+    await page.waitForTimeout(200);
+  };
+  const linkOrigin = () =>
+    page.evaluate((attnId) => {
+      const { app } = window;
+      const id = app.graph.getNodeById(+attnId).inputs[0].link;
+      const link = app.graph.getLink?.(id) ?? app.graph.links[id];
+      return link ? [String(link.origin_id), link.origin_slot, link.type] : null;
+    }, ATTN_NODE);
+  await drag(await slot(probe.clip, false, 1), await slot(ATTN_NODE, true, 0), "enfoque_wrong_probe_link_dragged.png");
+  const afterWrongDrag = await linkOrigin();
+  check(afterWrongDrag && afterWrongDrag[0] === probe.origin && afterWrongDrag[1] === 1,
+    `dragging the CLIP probe onto Enfoque Attention Maps changed its link: ${JSON.stringify(afterWrongDrag)}`);
+  // the right probe is taken: drag the model probe again (it replaces the same link)
+  await drag(await slot(probe.origin, false, 1), await slot(ATTN_NODE, true, 0));
+  const afterRightDrag = await linkOrigin();
+  check(afterRightDrag && afterRightDrag[0] === probe.origin && afterRightDrag[2] === "ENFOQUE_MODEL_PROBE",
+    `dragging the model probe did not link it: ${JSON.stringify(afterRightDrag)}`);
+  result.wrong_probe = { types: probe.types, api: probe.api, drag: afterWrongDrag, right: afterRightDrag };
+  await page.evaluate((clipId) => window.app.graph.remove(window.app.graph.getNodeById(+clipId)), probe.clip);
+
+  mark("reweight off notice");
+  // a weighted word in the prompt with reweight off: the run works, the node says the weight is ignored
+  const patchId = await page.evaluate(() => String(window.app.graph.nodes.find((n) => n.type === "EnfoquePatchModel").id));
+  const setWidget = (id, name, value) =>
+    page.evaluate(([id, name, value]) => {
+      window.app.graph.getNodeById(+id).widgets.find((w) => w.name === name).value = value;
+    }, [id, name, value]);
+  await setWidget(patchId, "reweight", "off");
+  await setWidget(TEXT_NODE, "text", "a (red:1.5) cat on a blue chair");
+  await queueAndWait("run with reweight off");
+  await page.waitForFunction((id) => document.querySelector(`.enfoque-notice[data-enfoque-node="${id}"]`), patchId);
+  await focusNode(patchId);
+  await page
+    .waitForFunction((id) => {
+      const n = window.app.graph.getNodeById(+id);
+      return n.size[1] + 1 >= n.computeSize()[1];
+    }, patchId, { timeout: 5000 })
+    .catch(() => {});
+  const notice = await page.evaluate((id) => ({
+    text: document.querySelector(`.enfoque-notice[data-enfoque-node="${id}"]`)?.textContent,
+    h: window.app.graph.getNodeById(+id).size[1],
+    min: window.app.graph.getNodeById(+id).computeSize()[1],
+    own: Object.hasOwn(window.app.graph.getNodeById(+id), "onDrawForeground"),
+    drawn: window.app.graph.getNodeById(+id).enfoqueDrawn ?? 0,
+    sent: window.__enfoque.notices,
+  }), patchId);
+  check(/Enfoque Patch Model: reweight is off, so the diffusion model ignores the word weights of the prompt \('red' 1\.5\)/.test(notice.text ?? ""),
+    `no notice on Enfoque Patch Model: ${JSON.stringify(notice)}`);
+  check(notice.h + 1 >= notice.min, `the notice does not fit its node: ${JSON.stringify(notice)}`);
+  result.notice = notice.text;
+  const noticeShot = path.join(outDir, "enfoque_notice_reweight_off.png");
+  await page.screenshot({ path: noticeShot });
+  result.screenshots.push(noticeShot);
+  await setWidget(patchId, "reweight", "bias");
+  await queueAndWait("run with reweight on");
+  await page.waitForFunction((id) => !document.querySelector(`.enfoque-notice[data-enfoque-node="${id}"]`), patchId);
+  await setWidget(TEXT_NODE, "text", workflow[TEXT_NODE].inputs.text);
+
+  if (legacy) {
+    mark("legacy workflow");
+    // a template saved before the probes got their own types loads, and its links get the new types
+    const migrated = await page.evaluate(async (wf) => {
+      const { app } = window;
+      app.graph.clear();
+      await app.loadGraphData(structuredClone(wf), true, true, "enfoque_v0.1.json");
+      const links = [...(app.graph.links instanceof Map ? app.graph.links.values() : Object.values(app.graph.links))];
+      return links.filter((l) => /PROBE/.test(l?.type ?? "")).map((l) => l.type);
+    }, legacy);
+    check(migrated.length && migrated.every((t) => t === "ENFOQUE_MODEL_PROBE"), `old probe links after loading: ${migrated}`);
+    // the same workflow with its CLIP probe wired into Enfoque Attention Maps: a notice says what to connect
+    const wrong = structuredClone(legacy);
+    const clipNode = wrong.nodes.find((n) => n.type === "EnfoquePatchCLIP");
+    const attnNode = wrong.nodes.find((n) => n.type === "EnfoqueAttentionMaps");
+    const link = wrong.links.find((l) => l[3] === attnNode.id && l[4] === 0);
+    const modelNode = wrong.nodes.find((n) => n.id === link[1]);
+    modelNode.outputs[link[2]].links = modelNode.outputs[link[2]].links.filter((id) => id !== link[0]);
+    link[1] = clipNode.id;
+    link[2] = 1;
+    clipNode.outputs[1].links = [link[0]];
+    const legacyNotice = await page.evaluate(async ([wf, attnId]) => {
+      const { app } = window;
+      app.graph.clear();
+      await app.loadGraphData(wf, true, true, "enfoque_v0.1_wrong.json");
+      await new Promise((r) => setTimeout(r, 300));
+      return document.querySelector(`.enfoque-notice[data-enfoque-node="${attnId}"]`)?.textContent ?? null;
+    }, [wrong, String(attnNode.id)]);
+    check(/its probe comes from Enfoque Patch CLIP, but it needs the probe of Enfoque Patch Model/.test(legacyNotice ?? ""),
+      `no clear message for an old wrong probe link: ${legacyNotice}`);
+    result.legacy = { migrated, notice: legacyNotice };
+    await focusNode(String(attnNode.id));
+    const legacyShot = path.join(outDir, "enfoque_legacy_wrong_probe_notice.png");
+    await page.screenshot({ path: legacyShot });
+    result.screenshots.push(legacyShot);
+    // back to the test graph for the token weights
+    await page.evaluate(async (wf) => {
+      window.app.graph.clear();
+      await window.app.loadApiJson(wf, "enfoque_browser_test.json");
+    }, workflow);
+    await page.waitForFunction((id) => window.app.graph.getNodeById(+id), MAPS_NODE);
+  }
 
   mark("token weights");
   const twId = await page.evaluate(([textId, mapsId]) => {
@@ -411,22 +574,9 @@ try {
   check(result.console_errors.length === 0, `errors in the page: ${result.console_errors.join(" | ")}`);
   result.ok = true;
   mark("done");
+  await finish(result, s, page, outDir);
 } catch (e) {
-  result.ok = false;
-  result.error = String(e?.stack ?? e);
-  try {
-    const page = context?.pages()[0];
-    if (page) {
-      const shot = path.join(outDir, "enfoque_failure.png");
-      await page.screenshot({ path: shot });
-      result.screenshots.push(shot);
-    }
-  } catch {}
+  await finish(result, s, page, outDir, e);
 } finally {
-  result.step = step;
-  result.seconds = (Date.now() - t0) / 1000;
-  await context?.close().catch(() => {});
-  fs.rmSync(userDataDir, { recursive: true, force: true });
-  console.log(`RESULT ${JSON.stringify(result)}`);
-  process.exitCode = result.ok ? 0 : 1;
+  await close?.();
 }
