@@ -1,0 +1,256 @@
+"""The example workflows ComfyUI's template browser shows (example_workflows/*.json).
+
+- They are what tools/templates.py writes (conventions in docs/templates.md).
+- Each has a readable title (its file name), a .jpg thumbnail next to it, the groups
+  "Load", "Encode", "Sample", "Look", a Note that names the model files and where they
+  go and says what each Enfoque node in it does; one shows EnfoqueTokenWeights, one
+  animates the maps over the steps with stock SaveAnimatedWEBP.
+- Their links and widget values agree with the live server's /object_info, and the
+  server lists and serves them and their thumbnails.
+- In the browser (tests/browser/templates.mjs): loaded as the template browser loads
+  them, no two nodes overlap at their rendered size, before and after a run with its
+  previews and chips showing; screenshots go to out/artifacts/frontend/.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from host import REPO_ROOT
+from PIL import Image
+from test_frontend import (  # noqa: F401  (browser_models is a fixture)
+    ARTIFACTS,
+    BROWSER_DIR,
+    CHROMIUM,
+    browser_missing,
+    browser_models,
+    run_browser_script,
+)
+
+EXAMPLES = REPO_ROOT / "example_workflows"
+FRONTEND_ONLY = {"MarkdownNote", "Note"}  # virtual nodes: drawn by the frontend, never sent to the server
+GROUPS = ["Load", "Encode", "Sample", "Look"]
+TITLE_H = 30
+
+
+def display_names() -> dict[str, str]:
+    """Node id -> display name, as nodes/types.py states them (read without importing ComfyUI)."""
+    tree = ast.parse((REPO_ROOT / "nodes" / "types.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "DISPLAY_NAMES":
+            return ast.literal_eval(node.value)
+    raise AssertionError("nodes/types.py has no DISPLAY_NAMES")
+
+
+def ui_workflows() -> list[Path]:
+    return sorted(EXAMPLES.glob("*.json"))
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_templates_are_what_the_tool_writes():
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "templates.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_template_has_a_readable_title_and_a_thumbnail():
+    paths = ui_workflows()
+    assert len(paths) >= 4, [p.name for p in paths]
+    for p in paths:
+        title = p.stem  # the template browser shows the file name
+        assert re.fullmatch(r"[A-Z][A-Za-z0-9.]*( [A-Za-z0-9.,]+)* - [a-z][a-z0-9 ,.]+", title), title
+        thumb = p.with_suffix(".jpg")
+        assert thumb.is_file(), f"{p.name}: no thumbnail {thumb.name}"
+        with Image.open(thumb) as im:
+            assert im.format == "JPEG" and im.width >= 400 and im.height >= 300, (thumb.name, im.size)
+        assert thumb.stat().st_size < 400_000
+        assert load(p)["extra"]["info"]["title"] == title
+
+
+@pytest.mark.parametrize("path", ui_workflows(), ids=lambda p: p.stem)
+def test_template_has_groups_and_a_note(path):
+    wf = load(path)
+    assert [g["title"] for g in wf["groups"]] == GROUPS
+    nodes = wf["nodes"]
+    notes = [n for n in nodes if n["type"] in FRONTEND_ONLY]
+    assert len(notes) == 1
+    text = notes[0]["widgets_values"][0]
+    # the model files and where they go
+    loaders = [n for n in nodes if n["type"].endswith("Loader") or n["type"].startswith("CheckpointLoader")]
+    assert loaders
+    for n in loaders:
+        for value in n["widgets_values"]:
+            if isinstance(value, str) and value.endswith(".safetensors"):
+                assert value in text, f"{path.name}: the note does not name {value}"
+    assert re.search(r"`(checkpoints|diffusion_models)/", text) and "`models/`" in text
+    # what each Enfoque node here does, by its display name
+    names = display_names()
+    for node_type in sorted({n["type"] for n in nodes if n["type"].startswith("Enfoque")}):
+        display = names[node_type]
+        assert f"**{display}**" in text, f"{path.name}: the note does not explain {display}"
+    # every node sits inside the group of its stage; nodes in the note column do not
+    for n in nodes:
+        x, y, w, h = n["pos"][0], n["pos"][1] - TITLE_H, n["size"][0], n["size"][1] + TITLE_H
+        inside = [g["title"] for g in wf["groups"]
+                  if g["bounding"][0] <= x and x + w <= g["bounding"][0] + g["bounding"][2]
+                  and g["bounding"][1] <= y and y + h <= g["bounding"][1] + g["bounding"][3]]
+        assert len(inside) == (0 if n["type"] in FRONTEND_ONLY else 1), (path.name, n["type"], inside)
+
+
+def test_templates_show_token_weights_and_an_animation():
+    types = {p.stem: {n["type"] for n in load(p)["nodes"]} for p in ui_workflows()}
+    assert any("EnfoqueTokenWeights" in t for t in types.values())
+    assert any("SaveAnimatedWEBP" in t for t in types.values())
+
+
+@pytest.mark.parametrize("path", ui_workflows(), ids=lambda p: p.stem)
+def test_saved_sizes_do_not_overlap(path):
+    """The cheap check (the browser test measures the rendered sizes)."""
+    rects = [(n["type"], n["pos"][0], n["pos"][1] - TITLE_H, n["size"][0], n["size"][1] + TITLE_H)
+             for n in load(path)["nodes"]]
+    for i, a in enumerate(rects):
+        for b in rects[i + 1 :]:
+            dx = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+            dy = min(a[2] + a[4], b[2] + b[4]) - max(a[2], b[2])
+            assert dx <= 0 or dy <= 0, f"{path.name}: {a[0]} and {b[0]} overlap"
+
+
+# --------------------------------------------------------------------------- against the server
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def _socket_types(spec: dict) -> tuple[dict[str, str], list[str]]:
+    """Input name -> type, and output types, from one /object_info entry."""
+    inputs = {}
+    for section in ("required", "optional"):
+        for name, conf in (spec["input"].get(section) or {}).items():
+            t = conf[0]
+            inputs[name] = "COMBO" if isinstance(t, list) else t
+    return inputs, list(spec["output"])
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("path", ui_workflows(), ids=lambda p: p.stem)
+def test_example_workflow_is_consistent(comfy_server, path):
+    wf = load(path)
+    info = comfy_server.object_info()
+    assert {"nodes", "links", "version", "last_node_id", "last_link_id"} <= set(wf)
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert len(nodes) == len(wf["nodes"]), "duplicate node ids"
+    assert max(nodes) <= wf["last_node_id"]
+    types = {n["type"] for n in nodes.values()}
+    assert {"EnfoquePatchCLIP", "EnfoquePatchModel", "EnfoqueAttentionMaps", "EnfoqueHeatmaps", "KSampler",
+            "VAEDecode"} <= types
+    missing = types - set(info) - FRONTEND_ONLY
+    assert not missing, f"{path.name}: node types unknown to the server: {sorted(missing)}"
+
+    link_ids = set()
+    for link in wf["links"]:
+        lid, src, src_slot, dst, dst_slot, ltype = link
+        assert lid not in link_ids and lid <= wf["last_link_id"]
+        link_ids.add(lid)
+        assert src in nodes and dst in nodes, f"link {lid} has a missing endpoint"
+        s, d = nodes[src], nodes[dst]
+        out = s["outputs"][src_slot]
+        inp = d["inputs"][dst_slot]
+        assert lid in (out.get("links") or []), f"link {lid} not listed on node {src} output {src_slot}"
+        assert inp.get("link") == lid, f"link {lid} not set on node {dst} input {dst_slot}"
+        _, out_types = _socket_types(info[s["type"]])
+        in_types, _ = _socket_types(info[d["type"]])
+        assert out["type"] == out_types[src_slot] == ltype, f"link {lid}: output type"
+        assert inp["name"] in in_types, f"link {lid}: {d['type']} has no input {inp['name']!r}"
+        assert in_types[inp["name"]] in (ltype, "*"), f"link {lid}: {ltype} into {d['type']}.{inp['name']}"
+
+    for n in nodes.values():
+        if n["type"] in FRONTEND_ONLY:
+            continue
+        in_types, out_types = _socket_types(info[n["type"]])
+        for i, inp in enumerate(n.get("inputs") or []):
+            assert inp["name"] in in_types, f"{n['type']} has no input {inp['name']!r}"
+            if inp.get("link") is not None:
+                assert inp["link"] in link_ids, f"node {n['id']} input {i} points to a missing link"
+        for o, out in enumerate(n.get("outputs") or []):
+            assert out["type"] == out_types[o]
+            for lid in out.get("links") or []:
+                assert lid in link_ids
+        # every required socket is wired, and the widget values match the node's widgets
+        connected = {inp["name"] for inp in n.get("inputs") or [] if inp.get("link") is not None}
+        spec = info[n["type"]]["input"]
+        widgets = 0
+        for section in ("required", "optional"):
+            for name, conf in (spec.get(section) or {}).items():
+                kind = "COMBO" if isinstance(conf[0], list) else conf[0]
+                if kind in WIDGET_TYPES:
+                    opts = conf[1] if len(conf) > 1 and isinstance(conf[1], dict) else {}
+                    widgets += 2 if opts.get("control_after_generate") else 1
+                elif section == "required":
+                    assert name in connected, (
+                        f"{path.name}: {n['type']} (node {n['id']}) input {name!r} unconnected"
+                    )
+        assert len(n.get("widgets_values") or []) == widgets, (
+            f"{path.name}: widget values of {n['type']} (node {n['id']})"
+        )
+
+
+@pytest.mark.server
+def test_template_browser_lists_and_serves_templates_and_thumbnails(comfy_server):
+    templates = comfy_server.get("/workflow_templates")
+    assert sorted(templates.get("enfoque", [])) == sorted(p.stem for p in ui_workflows())
+    for p in ui_workflows():
+        # the frontend fetches /api/workflow_templates/<pack>/<name>.json and <name>.jpg
+        base = f"{comfy_server.url}/api/workflow_templates/enfoque/{urllib.parse.quote(p.stem)}"
+        with urllib.request.urlopen(base + ".json", timeout=30) as r:
+            assert json.loads(r.read()) == load(p)
+        with urllib.request.urlopen(base + ".jpg", timeout=30) as r:
+            assert r.headers["Content-Type"] == "image/jpeg" and r.read() == p.with_suffix(".jpg").read_bytes()
+
+
+# --------------------------------------------------------------------------- in the browser
+
+
+@pytest.mark.server
+@pytest.mark.usefixtures("browser_models")
+def test_templates_in_the_browser_never_overlap(comfy_server):
+    """Each template loaded in the real frontend, measured before and after a run with its previews and
+    chips showing: no overlapping nodes, none smaller than its content, no chips outside their node."""
+    reason = browser_missing()
+    if reason:
+        pytest.skip(reason)
+    for old in ARTIFACTS.glob("template_*.png"):
+        old.unlink()
+    # ENFOQUE_THUMBNAILS=1 also writes each template's .jpg thumbnail (a view of it as it opens)
+    thumbs = ["--thumbnails", "1"] if os.environ.get("ENFOQUE_THUMBNAILS") == "1" else []
+    result, _ = run_browser_script(
+        comfy_server, BROWSER_DIR / "templates.mjs", ["--templates", str(EXAMPLES), *thumbs], timeout=600
+    )
+    names = {p.stem for p in ui_workflows()}
+    assert set(result["templates"]) == names
+    for name, entry in result["templates"].items():
+        for phase in ("before", "after"):
+            seen = entry[phase]
+            assert seen["overlaps"] == [], f"{name}, {phase} the run: overlapping nodes {seen['overlaps']}"
+            assert seen["undersized"] == [], f"{name}, {phase} the run: nodes smaller than their content"
+            assert seen["dom"] == [], f"{name}, {phase} the run: widgets outside their node {seen['dom']}"
+            assert seen["clipped"] == [], f"{name}, {phase} the run: widgets cut off {seen['clipped']}"
+        assert entry["groups"] == GROUPS
+        assert any(c["chips"] for c in entry["chips"]), f"{name}: no word chips after the run"
+        print(f"{name}: {entry['before']['nodes']} nodes; grown by the run: {entry['grown']}")
+    shots = [Path(s) for s in result["screenshots"]]
+    assert all(s.is_file() and s.parent == ARTIFACTS for s in shots)
+    print(f"screenshots: {len(shots)} in {ARTIFACTS}; the check took {result['seconds']:.1f}s on {CHROMIUM}")

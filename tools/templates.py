@@ -1,0 +1,455 @@
+"""Write the example workflows (ComfyUI's template browser) in example_workflows/.
+
+    .venv/bin/python tools/templates.py          # write them
+    .venv/bin/python tools/templates.py --check  # exit 1 if a file differs from what this writes
+
+Conventions (docs/templates.md): the file name is the title the template browser
+shows; four groups, "Load", "Encode", "Sample" left to right and "Look" under
+them; a Note on the left says which model files go where and what each Enfoque
+node does;
+nodes never overlap at their rendered size (title bar included), also after a
+run, when previews and word chips have appeared. Sizes below are at least the
+frontend's own minimum for each node (tests/test_frontend.py measures them in
+the browser). The thumbnails (same name, .jpg) are screenshots the browser
+test takes: ``ENFOQUE_THUMBNAILS=1 .venv/bin/python -m pytest tests/test_templates.py -k browser``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "example_workflows"
+
+TITLE_H = 30  # LiteGraph's node title bar, drawn above node.pos
+GAP = 36  # between the rendered rectangles of two nodes
+GROUP_PAD = 20
+GROUP_TITLE = 50
+GROUP_GAP = 60
+NOTE_W = 460
+
+# socket inputs (name, type) and outputs (name, type) of the nodes the templates use
+SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
+    "CheckpointLoaderSimple": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "TripleCLIPLoader": ([], [("CLIP", "CLIP")]),
+    "DualCLIPLoader": ([], [("CLIP", "CLIP")]),
+    "UNETLoader": ([], [("MODEL", "MODEL")]),
+    "VAELoader": ([], [("VAE", "VAE")]),
+    "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
+    "FluxGuidance": ([("conditioning", "CONDITIONING")], [("CONDITIONING", "CONDITIONING")]),
+    "ModelSamplingSD3": ([("model", "MODEL")], [("MODEL", "MODEL")]),
+    "EmptySD3LatentImage": ([], [("LATENT", "LATENT")]),
+    "EmptyLatentImage": ([], [("LATENT", "LATENT")]),
+    "KSampler": (
+        [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+        [("LATENT", "LATENT")],
+    ),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
+    "SaveImage": ([("images", "IMAGE")], []),
+    "SaveAnimatedWEBP": ([("images", "IMAGE")], []),
+    "MarkdownNote": ([], []),
+    "EnfoquePatchCLIP": ([("clip", "CLIP")], [("CLIP", "CLIP"), ("probe", "ENFOQUE_CLIP_PROBE")]),
+    "EnfoquePatchModel": ([("model", "MODEL")], [("MODEL", "MODEL"), ("probe", "ENFOQUE_MODEL_PROBE")]),
+    "EnfoqueTokenWeights": ([("conditioning", "CONDITIONING")], [("CONDITIONING", "CONDITIONING")]),
+    "EnfoqueAttentionMaps": ([("probe", "ENFOQUE_MODEL_PROBE"), ("latent", "LATENT")], [("maps", "ENFOQUE_MAPS")]),
+    "EnfoqueHeatmaps": ([("maps", "ENFOQUE_MAPS"), ("image", "IMAGE")], [("image", "IMAGE")]),
+    "EnfoqueMapsToMask": ([("maps", "ENFOQUE_MAPS")], [("mask", "MASK")]),
+    "EnfoqueSaveAttentionMaps": ([("maps", "ENFOQUE_MAPS")], []),
+}
+
+# default rendered sizes (body, without the title bar), at least the frontend's minimum
+SIZES = {
+    "CheckpointLoaderSimple": (340, 100),
+    "TripleCLIPLoader": (340, 110),
+    "DualCLIPLoader": (340, 130),
+    "UNETLoader": (340, 82),
+    "VAELoader": (340, 60),
+    "EnfoquePatchCLIP": (340, 80),
+    "CLIPTextEncode": (400, 180),
+    "FluxGuidance": (340, 60),
+    "EnfoqueTokenWeights": (400, 200),
+    "ModelSamplingSD3": (340, 60),
+    "EnfoquePatchModel": (340, 290),
+    "EmptySD3LatentImage": (340, 110),
+    "EmptyLatentImage": (340, 110),
+    "KSampler": (340, 262),
+    "VAEDecode": (220, 50),
+    "SaveImage": (420, 470),
+    "SaveAnimatedWEBP": (420, 520),
+    "EnfoqueAttentionMaps": (380, 250),
+    "EnfoqueHeatmaps": (460, 560),
+    "EnfoqueMapsToMask": (380, 430),
+    "EnfoqueSaveAttentionMaps": (380, 90),
+}
+
+GROUP_COLOURS = {"Load": "#3f5f7f", "Encode": "#5f7f3f", "Sample": "#7f5f3f", "Look": "#6f3f7f"}
+
+
+@dataclass
+class Node:
+    key: str
+    type: str
+    widgets: list
+    group: str | None = None  # None: the note column
+    column: int = 0  # column inside the group
+    size: tuple[int, int] | None = None
+    title: str | None = None
+    id: int = 0
+    pos: tuple[int, int] = (0, 0)
+    links_in: dict[str, int] = field(default_factory=dict)
+    links_out: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def wh(self) -> tuple[int, int]:
+        return self.size or SIZES[self.type]
+
+
+@dataclass
+class Template:
+    name: str  # the file name and the title in the template browser
+    note: str
+    nodes: list[Node]
+    links: list[tuple[str, str, str, str]]  # (from key, output name, to key, input name)
+    rows: list[list[str]] = field(default_factory=lambda: [["Load", "Encode", "Sample"], ["Look"]])
+
+
+def layout(t: Template) -> list[dict]:
+    """Positions: the note on the left; "Load", "Encode", "Sample" left to right in a first row, "Look" in a
+    second row under them (so the graph fits a screen at a readable zoom); inside a group, its columns left
+    to right and each column's nodes top down. Returns the groups."""
+    groups_json = []
+    note = next(n for n in t.nodes if n.group is None)
+    note.pos = (0, TITLE_H)
+    left = note.wh[0] + GROUP_GAP
+    top = 0
+    for row in t.rows:
+        x = left
+        row_bottom = top
+        for g in row:
+            members = [n for n in t.nodes if n.group == g]
+            cx = x + GROUP_PAD
+            bottom = top
+            for c in sorted({n.column for n in members}):
+                y = top + GROUP_TITLE + TITLE_H
+                width = 0
+                for n in (m for m in members if m.column == c):
+                    n.pos = (cx, y)
+                    y += n.wh[1] + GAP + TITLE_H
+                    width = max(width, n.wh[0])
+                    bottom = max(bottom, n.pos[1] + n.wh[1])
+                cx += width + GAP
+            gw = cx - GAP + GROUP_PAD - x
+            gh = bottom + GROUP_PAD - top
+            groups_json.append(
+                {
+                    "id": len(groups_json) + 1,
+                    "title": g,
+                    "bounding": [x, top, gw, gh],
+                    "color": GROUP_COLOURS[g],
+                    "font_size": 24,
+                    "flags": {},
+                }
+            )
+            x += gw + GROUP_GAP
+            row_bottom = max(row_bottom, top + gh)
+        top = row_bottom + GROUP_GAP
+    return groups_json
+
+
+def build(t: Template) -> dict:
+    for i, n in enumerate(t.nodes, start=1):
+        n.id = i
+    by_key = {n.key: n for n in t.nodes}
+    links_json = []
+    for lid, (src, out, dst, inp) in enumerate(t.links, start=1):
+        s, d = by_key[src], by_key[dst]
+        outs = [o for o, _ in SOCKETS[s.type][1]]
+        ins = [i for i, _ in SOCKETS[d.type][0]]
+        ltype = SOCKETS[s.type][1][outs.index(out)][1]
+        links_json.append([lid, s.id, outs.index(out), d.id, ins.index(inp), ltype])
+        s.links_out.setdefault(out, []).append(lid)
+        assert inp not in d.links_in, f"{d.key}.{inp} linked twice"
+        d.links_in[inp] = lid
+    groups_json = layout(t)
+    nodes_json = []
+    for order, n in enumerate(t.nodes):
+        ins, outs = SOCKETS[n.type]
+        node = {
+            "id": n.id,
+            "type": n.type,
+            "pos": list(n.pos),
+            "size": list(n.wh),
+            "flags": {},
+            "order": order,
+            "mode": 0,
+            "inputs": [{"name": name, "type": typ, "link": n.links_in.get(name)} for name, typ in ins],
+            "outputs": [
+                {"name": name, "type": typ, "links": n.links_out.get(name, []), "slot_index": i}
+                for i, (name, typ) in enumerate(outs)
+            ],
+            "properties": {"Node name for S&R": n.type},
+            "widgets_values": n.widgets,
+        }
+        if n.title:
+            node["title"] = n.title
+        if n.type == "MarkdownNote":
+            node.update(color="#432", bgcolor="#653", properties={})
+        nodes_json.append(node)
+    # the first view: the whole graph on a 1920x1080 window, at a zoom where text is still drawn
+    right = max(g["bounding"][0] + g["bounding"][2] for g in groups_json)
+    bottom = max([g["bounding"][1] + g["bounding"][3] for g in groups_json] + [n.pos[1] + n.wh[1] for n in t.nodes])
+    scale = round(max(0.6, min(1800 / (right + 80), 940 / (bottom + 80), 1.0)), 2)
+    return {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "enfoque/" + t.name)),
+        "revision": 0,
+        "last_node_id": len(t.nodes),
+        "last_link_id": len(t.links),
+        "nodes": nodes_json,
+        "links": links_json,
+        "groups": groups_json,
+        "config": {},
+        "extra": {"ds": {"scale": scale, "offset": [80, 100]}, "info": {"title": t.name}},
+        "version": 0.4,
+    }
+
+
+# --------------------------------------------------------------------------- what each template holds
+
+NODE_NOTES = {
+    "EnfoquePatchCLIP": "**Enfoque Patch CLIP** patches the text encoder: (word:1.2) weights act inside its "
+    "attention, and every encode records the prompt's words, so maps are labelled with words.",
+    "EnfoqueTokenWeights": "**Enfoque Token Weights** gives words a weight inside the diffusion model's attention "
+    "(`raincoat:1.4` stronger, `rain:0.6` weaker, 0 removes a word). Its chips show the prompt's words: "
+    "wheel or drag a chip to change its weight.",
+    "EnfoquePatchModel": "**Enfoque Patch Model** patches the diffusion model: it records where the image attends "
+    "to each word and applies the word weights (reweight bias or scale).",
+    "EnfoqueAttentionMaps": "**Enfoque Attention Maps** reads the maps of the last run, one per word or phrase "
+    "you list (empty = every word).",
+    "EnfoqueHeatmaps": "**Enfoque Heatmaps** draws them over the image. After a run, hover a word chip to see "
+    "where that word attends; click to pin it.",
+    "EnfoqueHeatmapsSteps": "**Enfoque Heatmaps** with *over: steps* draws one picture per sampling step "
+    "(captioned with the step and its sigma); **Save Animated WEBP** turns them into an animation. "
+    "*over: blocks* (with keep_blocks) does the same per block.",
+    "EnfoqueMapsToMask": "**Enfoque Maps To Mask** turns a word's map into a MASK (threshold 0 = automatic) for "
+    "inpainting or compositing.",
+    "EnfoqueSaveAttentionMaps": "**Enfoque Save Attention Maps** writes the maps with their words to "
+    "`output/enfoque/` (safetensors, npz or PNG).",
+}
+
+
+def note_text(title: str, files: list[str], nodes: list[str], extra: str = "") -> str:
+    lines = [f"## {title}", "", "**Model files** (in ComfyUI's `models/` folder):", ""]
+    lines += [f"- {f}" for f in files]
+    lines += ["", "**The Enfoque nodes here:**", ""]
+    lines += [f"- {NODE_NOTES[n]}" for n in nodes]
+    lines += ["", "Press **Run**, then hover the word chips on Enfoque Heatmaps."]
+    if extra:
+        lines += ["", extra]
+    return "\n".join(lines)
+
+
+SD35_FILES = [
+    "`checkpoints/sd3.5_large.safetensors` (SD3.5 Large; Medium and Large Turbo work the same)",
+    "`text_encoders/clip_l.safetensors`, `text_encoders/clip_g.safetensors` and "
+    "`text_encoders/t5xxl_fp16.safetensors` (or `t5xxl_fp8_e4m3fn.safetensors`)",
+]
+FLUX_FILES = [
+    "`diffusion_models/flux1-dev.safetensors`",
+    "`text_encoders/clip_l.safetensors` and `text_encoders/t5xxl_fp16.safetensors` "
+    "(or `t5xxl_fp8_e4m3fn.safetensors`)",
+    "`vae/ae.safetensors` (the Flux VAE)",
+]
+SDXL_FILES = ["`checkpoints/sd_xl_base_1.0.safetensors` (any SDXL or SD1.5 checkpoint works)"]
+
+Link = tuple[str, str, str, str]  # (from key, output name, to key, input name)
+LOOK = ["EnfoqueAttentionMaps", "EnfoqueHeatmaps", "EnfoqueMapsToMask", "EnfoqueSaveAttentionMaps"]
+
+
+def look_nodes(words: str, stem: str, mask_word: str = "", over: str = "mean") -> tuple[list[Node], list[Link]]:
+    """Decode and save the image; the maps, drawn by Enfoque Heatmaps over it; then a mask and the maps
+    saved to a file, or, with ``over`` steps, the heatmap frames saved as an animation."""
+    nodes = [
+        Node("decode", "VAEDecode", [], "Look", 0),
+        Node("save", "SaveImage", [f"enfoque/{stem}"], "Look", 0),
+        Node("maps", "EnfoqueAttentionMaps", [words, "positive", 0, -1, -1], "Look", 1),
+        Node("heat", "EnfoqueHeatmaps", ["viridis", 0.6, "minmax", 0, over], "Look", 1,
+             title=None if over == "mean" else f"Enfoque Heatmaps (one per {over[:-1]})"),
+    ]
+    links = [
+        ("sampler", "LATENT", "decode", "samples"),
+        ("decode", "IMAGE", "save", "images"),
+        ("pmodel", "probe", "maps", "probe"),
+        ("sampler", "LATENT", "maps", "latent"),
+        ("maps", "maps", "heat", "maps"),
+        ("decode", "IMAGE", "heat", "image"),
+    ]
+    if over != "mean":
+        nodes.append(Node("webp", "SaveAnimatedWEBP", [f"enfoque/{stem}", 4.0, False, 85, "default"], "Look", 2))
+        return nodes, [*links, ("heat", "image", "webp", "images")]
+    nodes += [
+        Node("mask", "EnfoqueMapsToMask", [mask_word, 0.0, 0, 0], "Look", 2),
+        Node("savemaps", "EnfoqueSaveAttentionMaps", [f"enfoque/{stem}_maps", "safetensors"], "Look", 2),
+    ]
+    return nodes, [*links, ("maps", "maps", "mask", "maps"), ("maps", "maps", "savemaps", "maps")]
+
+
+def wiring(model: tuple[str, str], clip: tuple[str, str], vae: tuple[str, str], between: str | None = None) -> list[Link]:
+    """The links every template has: the patched CLIP into both prompts, the patched model and the
+    prompts into the sampler (the positive one through ``between`` if given), the VAE into the decode."""
+    links = [
+        (*clip, "pclip", "clip"),
+        ("pclip", "CLIP", "pos", "clip"),
+        ("pclip", "CLIP", "neg", "clip"),
+        (*model, "pmodel", "model"),
+        ("pmodel", "MODEL", "sampler", "model"),
+        ("neg", "CONDITIONING", "sampler", "negative"),
+        ("latent", "LATENT", "sampler", "latent_image"),
+        (*vae, "decode", "vae"),
+    ]
+    if between:
+        return [*links, ("pos", "CONDITIONING", between, "conditioning"), (between, "CONDITIONING", "sampler", "positive")]
+    return [*links, ("pos", "CONDITIONING", "sampler", "positive")]
+
+
+def patch_model(keep_steps: bool = False) -> Node:
+    return Node("pmodel", "EnfoquePatchModel", [True, "bias", "all", 0.0, 1.0, False, "", 1024.0, keep_steps, False],
+                "Sample", 0)
+
+
+def note(title: str, files: list[str], nodes: list[str], height: int, extra: str = "") -> Node:
+    return Node("note", "MarkdownNote", [note_text(title, files, nodes, extra)], size=(NOTE_W, height))
+
+
+def encode_nodes(prompt: str, negative: str = "", negative_title: str = "Negative prompt",
+                 between: Node | None = None) -> list[Node]:
+    """Enfoque Patch CLIP and the two prompts (the positive one through ``between``, if given)."""
+    return [
+        Node("pclip", "EnfoquePatchCLIP", ["attention", True], "Encode"),
+        Node("pos", "CLIPTextEncode", [prompt], "Encode", title="Positive prompt"),
+        *([between] if between else []),
+        Node("neg", "CLIPTextEncode", [negative], "Encode", size=(400, 120), title=negative_title),
+    ]
+
+
+def sample_nodes(latent: str, sampler: list, keep_steps: bool = False, shift: bool = False) -> list[Node]:
+    """The latent, Enfoque Patch Model (last in its column: a notice may make it taller) and the sampler."""
+    return [
+        *([Node("shift", "ModelSamplingSD3", [3.0], "Sample")] if shift else []),
+        Node("latent", latent, [1024, 1024, 1], "Sample"),
+        patch_model(keep_steps),
+        Node("sampler", "KSampler", sampler, "Sample", 1),
+    ]
+
+
+SD35_PROMPT = "a red fox sitting on a blue armchair in a sunlit library"
+
+
+def sd35_load() -> list[Node]:
+    return [
+        Node("ckpt", "CheckpointLoaderSimple", ["sd3.5_large.safetensors"], "Load"),
+        Node("clip", "TripleCLIPLoader", ["clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"],
+             "Load"),
+    ]
+
+
+SD35_WIRING = [("ckpt", "MODEL", "shift", "model"), *wiring(("shift", "MODEL"), ("clip", "CLIP"), ("ckpt", "VAE"))]
+
+
+def sd35() -> Template:
+    look, look_links = look_nodes("red fox, blue armchair, library", "sd35", "red fox")
+    nodes = [
+        note("SD3.5: where each word lands", SD35_FILES, ["EnfoquePatchCLIP", "EnfoquePatchModel", *LOOK], 700),
+        *sd35_load(),
+        *encode_nodes(SD35_PROMPT),
+        *sample_nodes("EmptySD3LatentImage", [42, "fixed", 28, 4.5, "euler", "sgm_uniform", 1.0], shift=True),
+        *look,
+    ]
+    return Template("SD3.5 - attention maps per word", "", nodes, SD35_WIRING + look_links)
+
+
+def sd35_steps() -> Template:
+    look, look_links = look_nodes("red fox, blue armchair", "sd35_steps", over="steps")
+    nodes = [
+        note("SD3.5: attention over the denoising steps", SD35_FILES,
+             ["EnfoquePatchCLIP", "EnfoquePatchModel", "EnfoqueAttentionMaps", "EnfoqueHeatmapsSteps"], 640,
+             "keep_steps is on in Enfoque Patch Model: it keeps one map per step (memory: one mean map per "
+             "step, within budget_mb). The animation lands in `output/enfoque/`."),
+        *sd35_load(),
+        *encode_nodes(SD35_PROMPT),
+        *sample_nodes("EmptySD3LatentImage", [42, "fixed", 20, 4.5, "euler", "sgm_uniform", 1.0], keep_steps=True,
+                      shift=True),
+        *look,
+    ]
+    links = SD35_WIRING + look_links
+    return Template("SD3.5 - attention over the denoising steps", "", nodes, links)
+
+
+def flux() -> Template:
+    look, look_links = look_nodes("lighthouse, rocky cliff, seagulls, waves", "flux", "lighthouse")
+    nodes = [
+        note("Flux.1 dev: where each word lands", FLUX_FILES, ["EnfoquePatchCLIP", "EnfoquePatchModel", *LOOK], 760,
+             "Flux dev is guidance-distilled: cfg stays 1, FluxGuidance sets the guidance, and the negative "
+             "prompt is not used."),
+        Node("unet", "UNETLoader", ["flux1-dev.safetensors", "default"], "Load"),
+        Node("clip", "DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"], "Load"),
+        Node("vae", "VAELoader", ["ae.safetensors"], "Load"),
+        *encode_nodes("a lighthouse on a rocky cliff at sunset, seagulls flying over the waves",
+                      negative_title="Negative prompt (unused by Flux dev)",
+                      between=Node("guide", "FluxGuidance", [3.5], "Encode")),
+        *sample_nodes("EmptySD3LatentImage", [42, "fixed", 20, 1.0, "euler", "simple", 1.0]),
+        *look,
+    ]
+    links = [*wiring(("unet", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"), between="guide"), *look_links]
+    return Template("Flux.1 dev - attention maps per word", "", nodes, links)
+
+
+def sdxl() -> Template:
+    look, look_links = look_nodes("corgi, yellow raincoat, rain", "sdxl", "corgi")
+    nodes = [
+        note("SDXL: word weights inside attention", SDXL_FILES,
+             ["EnfoquePatchCLIP", "EnfoqueTokenWeights", "EnfoquePatchModel", *LOOK], 800,
+             "Compare: set Enfoque Patch Model's reweight to off and run again (a notice on it then says the "
+             "weights are ignored)."),
+        Node("ckpt", "CheckpointLoaderSimple", ["sd_xl_base_1.0.safetensors"], "Load"),
+        *encode_nodes("a corgi wearing a yellow raincoat in the rain, city street", negative="blurry, low quality",
+                      between=Node("weights", "EnfoqueTokenWeights", ["raincoat:1.4, rain:0.6"], "Encode",
+                                   size=(400, 260))),
+        *sample_nodes("EmptyLatentImage", [42, "fixed", 25, 7.0, "dpmpp_2m", "karras", 1.0]),
+        *look,
+    ]
+    links = [*wiring(("ckpt", "MODEL"), ("ckpt", "CLIP"), ("ckpt", "VAE"), between="weights"), *look_links]
+    return Template("SDXL - word weights inside attention", "", nodes, links)
+
+
+TEMPLATES = [sd35, flux, sdxl, sd35_steps]
+
+
+def render(t: Template) -> str:
+    return json.dumps(build(t), indent=1, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    stale = []
+    for make in TEMPLATES:
+        t = make()
+        path = OUT / f"{t.name}.json"
+        text = render(t)
+        if check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(path.name)
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path.relative_to(ROOT)}")
+    if stale:
+        print("out of date (run tools/templates.py): " + ", ".join(stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
