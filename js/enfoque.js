@@ -430,18 +430,18 @@ function setNotice(node, text) {
   }
   if (!s) {
     const box = el("div", "enfoque-notice");
-    const text = el("span", "enfoque-notice-text");
-    box.append(text);
+    const line = el("span", "enfoque-notice-text");
+    box.append(line);
     const widget = node.addDOMWidget("enfoque_notice", "enfoque-notice", box, {
       serialize: false,
       hideOnZoom: false,
       // the text's own height (about 60 characters a line until it is laid out on screen), padding, border
       getMinHeight: () =>
-        DOM_MARGIN + 10 + Math.min(110, laidOutHeight(text, 15 * Math.ceil((node.enfoqueNoticeText?.length ?? 0) / 60))),
+        DOM_MARGIN + 10 + Math.min(110, laidOutHeight(line, 15 * Math.ceil((node.enfoqueNoticeText?.length ?? 0) / 60))),
     });
     widget.serialize = false;
-    s = node.enfoqueNotice = { box, text, widget };
-    watchSize(node, text);
+    s = node.enfoqueNotice = { box, line, widget };
+    watchSize(node, line);
     const draw = node.onDrawForeground;
     node.onDrawForeground = function (...args) {
       const out = draw?.apply(this, args);
@@ -450,8 +450,8 @@ function setNotice(node, text) {
     };
   }
   s.box.dataset.enfoqueNode = String(node.id);
-  s.text.enfoqueHeight = undefined; // a new text: measure again
-  s.text.textContent = `⚠ ${text}`;
+  s.line.enfoqueHeight = undefined; // a new text: measure again
+  s.line.textContent = `⚠ ${text}`;
   s.box.title = text;
   fitHeight(node);
   redraw(node);
