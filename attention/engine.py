@@ -5,9 +5,15 @@ Pure torch. The hooks in `nodes/` call `attend` from inside ComfyUI's attention
 override; nothing here knows about ComfyUI.
 
 Why the log-sum-exp route: the probability of key j for query i is
-``exp(q_i.k_j*scale + mask_ij - lse_i)``. The fused CPU/CUDA kernels return
-``lse`` with the output for free, so a captured slice costs one small matmul
-(queries x captured keys) instead of the full (text+image)^2 matrix.
+``exp(q_i.k_j*scale + mask_ij - lse_i)``. The fused kernels return ``lse`` with
+the output, so a captured slice costs one small matmul (queries x captured
+keys) instead of the full (text+image)^2 matrix. Which kernel, and how it is
+called so that the output stays SDPA's own, is `attention.sdpa`'s business.
+
+Precision: whatever the input dtype, captured logits are computed in fp32 from
+the inputs as the kernel saw them (same rounded q, k and the same mask tensor),
+and the kernels' LSE is fp32. The maps are then exact to fp32 rounding of the
+rounded inputs, not to the inputs' own precision.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
+from . import sdpa as kernels
 
 Mode = Literal["bias", "scale"]
 OutFn = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
@@ -83,28 +91,22 @@ def from_bhnd(t: Tensor, skip_output_reshape: bool) -> Tensor:
     return t.transpose(1, 2).reshape(b, n, h * d)
 
 
-def as_additive_mask(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """ComfyUI masks (2-4 dims, bool = keep or additive float) as a 4-D additive mask."""
-    if mask is None:
-        return None
-    if mask.dtype == torch.bool:
-        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, -math.inf)
-    if mask.ndim == 2:
-        mask = mask.unsqueeze(0)
-    if mask.ndim == 3:
-        mask = mask.unsqueeze(1)
-    return mask
-
-
-def merged_mask(
-    mask: Tensor | None, reweight: Reweight | None, dtype: torch.dtype, device: torch.device
-) -> Tensor | None:
-    """The model's own mask plus ``log w`` on the keys in bias mode."""
-    add = as_additive_mask(mask, dtype)
+def sdpa_mask(mask: Tensor | None, reweight: Reweight | None, q: Tensor) -> Tensor | None:
+    """The mask as SDPA receives it from ComfyUI's ``attention_pytorch`` (2-D and 3-D masks get batch and
+    head dimensions; bool masks stay bool), plus ``log w`` on the keys in bias mode (a bool mask is
+    first made additive as SDPA would). The dtype of a float mask is kept; ``log w`` takes it (the
+    query dtype where there is no mask): the kernel sees exactly this tensor, so do the maps."""
+    if mask is not None:
+        if mask.ndim == 2:
+            mask = mask.unsqueeze(0)
+        if mask.ndim == 3:
+            mask = mask.unsqueeze(1)
     if reweight is None or reweight.mode != "bias":
-        return add
-    bias = reweight.log_weights.to(device=device, dtype=dtype)[:, None, None, :]
-    return bias if add is None else add + bias
+        return mask
+    mask = kernels.additive_mask(mask, q.dtype)
+    dtype = q.dtype if mask is None else mask.dtype
+    bias = reweight.log_weights.to(device=q.device, dtype=dtype)[:, None, None, :]
+    return bias if mask is None else mask + bias
 
 
 def scaled_values(v: Tensor, reweight: Reweight | None, heads: int, skip_reshape: bool) -> Tensor:
@@ -117,43 +119,44 @@ def scaled_values(v: Tensor, reweight: Reweight | None, heads: int, skip_reshape
     return v * w.view(*w.shape, *([1] * (v.ndim - 2)))
 
 
-def fused_with_lse(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor] | None:
-    """Output and per-query log-sum-exp from the fused kernel SDPA itself uses, or None.
-
-    Inputs are ``[B, H, N, D]``. The LSE is ``[B, H, Nq]`` float32 (CUDA pads it
-    to a multiple of 32; trimmed here).
-    """
-    nq = q.shape[2]
-    if mask is not None:
-        mask = mask.to(q.dtype)
-    try:
-        if q.device.type == "cpu":
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
-            return out, lse
-        if q.device.type == "cuda":
-            if mask is None and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] == v.shape[-1]:
-                res = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)
-                return res[0], res[1][..., :nq]
-            if mask is not None:
-                mask = mask.expand(q.shape[0], q.shape[1], nq, k.shape[2])
-            res = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, mask, True)
-            return res[0], res[1][..., :nq]
-    except (RuntimeError, NotImplementedError):
-        return None
-    return None
+def _rows(mask: Tensor, rows: slice) -> Tensor:
+    return mask[rows] if mask.shape[0] > 1 else mask
 
 
-def _mask_slice(mask: Tensor | None, rows: slice, q0: int, q1: int, cols: Tensor) -> Tensor | None:
-    if mask is None:
-        return None
-    m = mask[rows] if mask.shape[0] > 1 else mask
-    m = m[:, :, q0:q1] if m.shape[2] > 1 else m
-    return m.index_select(3, cols).float()
+def _queries(mask: Tensor, q0: int, q1: int) -> Tensor:
+    return mask[:, :, q0:q1] if mask.shape[2] > 1 else mask
 
 
 def _chunk_len(rows: int, heads: int, keys: int, n: int, chunk_bytes: int) -> int:
     per_query = max(1, rows * heads * keys * 4 * 2)
     return max(1, min(n, chunk_bytes // per_query))
+
+
+def row_normaliser(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, captures: Sequence[Capture], query_range: tuple[int, int]
+) -> Tensor | None:
+    """The log-sum-exp of every captured query row from one fused kernel call over the captured batch
+    rows and query range, as ``[B, H, Nq]`` (NaN outside them); None where no fused kernel gives one.
+
+    For a route whose output comes from elsewhere (ComfyUI's sub-quadratic CPU default, another pack's
+    override): the same exact normaliser as the chunked q.k over all keys, several times faster."""
+    b, h, nq = q.shape[:3]
+    spans = [c.rows.indices(b) for c in captures]
+    r0, r1 = min(s[0] for s in spans), max(s[1] for s in spans)
+    q0, q1 = query_range
+    rows = slice(r0, r1)
+    m = None if mask is None else _queries(_rows(mask, rows), q0, q1)
+    lse = kernels.lse_only(q[rows, :, q0:q1], k[rows], v[rows], m)
+    if lse is None:
+        kernels.FALLBACKS.once(
+            ("normaliser", q.device.type, q.dtype, q.shape[-1]),
+            "Enfoque: no fused kernel gives the log-sum-exp for %s queries of head dim %d on %s; the maps take "
+            "the exact chunked route (slower, same result).", q.dtype, q.shape[-1], q.device.type,
+        )
+        return None
+    full = torch.full((b, h, nq), math.nan, dtype=lse.dtype, device=q.device)
+    full[rows, :, q0:q1] = lse
+    return full
 
 
 def capture_probs(
@@ -168,46 +171,52 @@ def capture_probs(
 ) -> Tensor:
     """Exact softmax probabilities, summed over heads: ``[rows, queries, columns]`` float32.
 
-    With ``lse`` only the captured columns are computed. Without it each query
-    chunk computes its full key row once (bounded by ``chunk_bytes``) to get the
-    normaliser: exact, slower, and still never the whole matrix.
+    Logits are computed in fp32 (fp64 for fp64 inputs) from the inputs as they are, whatever their
+    dtype, with TF32 off; ``mask`` is the additive mask the output used. With ``lse`` only the captured
+    columns are computed. Without it each query chunk computes its full key row once (bounded by
+    ``chunk_bytes``) to get the normaliser: exact, slower, and still never the whole matrix. Rows with
+    no attendable key give zeros.
     """
     q0, q1 = query_range
     rows = cap.rows
     cols = cap.columns.to(k.device)
+    acc = kernels.accumulation_dtype(q.dtype)
     scale = q.shape[-1] ** -0.5
     qr = q[rows, :, q0:q1]
-    kc = k[rows].index_select(2, cols).float()
+    kc = k[rows].index_select(2, cols).to(acc)
     r, h, n, _ = qr.shape
     out = torch.empty((r, n, cols.numel()), dtype=torch.float32, device=q.device)
-    m_cap = _mask_slice(mask, rows, q0, q1, cols)
+    m_rows = None if mask is None else _queries(_rows(mask, rows), q0, q1)
+    m_cap = None if m_rows is None else m_rows.index_select(3, cols).to(acc)
     if lse is not None:
-        lse_r = lse[rows, :, q0:q1]
+        lse_r = lse[rows, :, q0:q1].to(acc)
+        lse_r = lse_r.masked_fill(~(lse_r > -math.inf), math.inf)  # no attendable key (-inf or NaN): p = 0
         step = _chunk_len(r, h, cols.numel(), n, chunk_bytes)
     else:
-        k_all = k[rows].float()
-        m_all = None if mask is None else (mask[rows] if mask.shape[0] > 1 else mask)
+        k_all = k[rows].to(acc)
         step = _chunk_len(r, h, k.shape[2], n, chunk_bytes)
     w = None if scale_weights is None else scale_weights[rows].index_select(1, cols).to(q.device)[:, None, None, :]
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        qc = qr[:, :, s:e].float()
-        if lse is not None:
-            logits = torch.matmul(qc, kc.transpose(-1, -2)).mul_(scale)
-            if m_cap is not None:
-                logits.add_(m_cap[:, :, s:e] if m_cap.shape[2] > 1 else m_cap)
-            logits.sub_(lse_r[:, :, s:e, None])
-        else:
-            full = torch.matmul(qc, k_all.transpose(-1, -2)).mul_(scale)
-            if m_all is not None:
-                full.add_((m_all[:, :, q0 + s : q0 + e] if m_all.shape[2] > 1 else m_all).float())
-            norm = torch.logsumexp(full, dim=-1, keepdim=True)
-            logits = full.index_select(3, cols).sub_(norm)
-            del full
-        p = logits.exp_()
-        if w is not None:
-            p.mul_(w)
-        torch.sum(p, dim=1, out=out[:, s:e])
+    with kernels.ieee_fp32(q.device):
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            qc = qr[:, :, s:e].to(acc)
+            if lse is not None:
+                logits = torch.matmul(qc, kc.transpose(-1, -2)).mul_(scale)
+                if m_cap is not None:
+                    logits.add_(m_cap[:, :, s:e] if m_cap.shape[2] > 1 else m_cap)
+                logits.sub_(lse_r[:, :, s:e, None])
+            else:
+                full = torch.matmul(qc, k_all.transpose(-1, -2)).mul_(scale)
+                if m_rows is not None:
+                    full.add_((m_rows[:, :, s:e] if m_rows.shape[2] > 1 else m_rows).to(acc))
+                norm = torch.logsumexp(full, dim=-1, keepdim=True)
+                norm.masked_fill_(norm == -math.inf, math.inf)
+                logits = full.index_select(3, cols).sub_(norm)
+                del full
+            p = logits.exp_()
+            if w is not None:
+                p.mul_(w)
+            torch.sum(p, dim=1, out=out[:, s:e])
     return out
 
 
@@ -229,31 +238,32 @@ def attend(
     """Attention output (ComfyUI layouts) plus one captured map per `Capture`.
 
     ``compute_out(q, k, v, mask)`` produces the output in the caller's layout
-    (the backend ComfyUI chose, or another pack's override). When it is None and
-    there is something to capture, the fused kernel gives output and LSE in one
-    pass; with ``compute_out`` the capture uses the chunked exact fallback.
+    (the backend ComfyUI chose, or another pack's override). When it is None
+    the output is ``F.scaled_dot_product_attention``'s, bit for bit: with
+    something to capture it comes from the kernel SDPA picks, called through its
+    log-sum-exp-returning op (``attention.sdpa``), which gives the normaliser in
+    the same pass. Where the output comes from ``compute_out``, or the kernel has
+    no log-sum-exp, one fused kernel call over the captured rows gives the
+    normaliser, and where none can, the exact chunked route does.
     """
-    mask4 = merged_mask(mask, reweight, q.dtype, q.device)
+    attn_mask = sdpa_mask(mask, reweight, q)
     v_in = scaled_values(v, reweight, heads, skip_reshape)
-    qh, kh = to_bhnd(q, heads, skip_reshape), to_bhnd(k, heads, skip_reshape)
+    qh, kh, vh = (to_bhnd(t, heads, skip_reshape) for t in (q, k, v_in))
     lse = None
     if compute_out is None:
-        vh = to_bhnd(v_in, heads, skip_reshape)
-        fused = fused_with_lse(qh, kh, vh, mask4)
-        if fused is None:
-            out = _sdpa(qh, kh, vh, mask4, skip_output_reshape)
-        else:
-            out, lse = from_bhnd(fused[0], skip_output_reshape), fused[1]
+        if not captures:
+            return from_bhnd(kernels.sdpa(qh, kh, vh, attn_mask), skip_output_reshape), []
+        fused = kernels.attention_with_lse(qh, kh, vh, attn_mask)
+        out, lse, cap_mask = from_bhnd(fused.out, skip_output_reshape), fused.lse, fused.mask
     else:
         biased = reweight is not None and reweight.mode == "bias"
-        out = compute_out(q, k, v_in, mask4 if biased else mask)
+        out = compute_out(q, k, v_in, attn_mask if biased else mask)
+        cap_mask = kernels.additive_mask(attn_mask, q.dtype)
     if not captures:
         return out, []
     qr = query_range or (0, qh.shape[2])
+    if lse is None:
+        lse = row_normaliser(qh, kh, vh, cap_mask, captures, qr)
     sw = reweight.weights if reweight is not None and reweight.mode == "scale" else None
-    maps = [capture_probs(qh, kh, mask4, lse, c, qr, sw, chunk_bytes) for c in captures]
+    maps = [capture_probs(qh, kh, cap_mask, lse, c, qr, sw, chunk_bytes) for c in captures]
     return out, maps
-
-
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, skip_output_reshape: bool) -> Tensor:
-    return from_bhnd(torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask), skip_output_reshape)

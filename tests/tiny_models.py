@@ -453,3 +453,43 @@ def write_models(models_dir, seed: int = SEED) -> dict:
         ),
     }
     return out
+
+
+# --------------------------------------------------------------------------- real-size model (GPU check)
+# For tools/gpu_check.sh and benchmarks/sampling_bench.py --models sd35m; independent of the tiny
+# models above (it shares only sd3_config).
+
+
+@torch.no_grad()
+def sd35_medium_like(depth: int = 24, device="cuda", dtype=torch.bfloat16, seed: int = SEED):
+    """An SD3.5-medium-shaped MMDiT with random weights, as a ComfyUI ModelPatcher: hidden 64*depth
+    (1536 at the real depth 24), ``depth`` heads of 64, self-attention in the x blocks 0..12,
+    pos_embed_max_size 384, RMS qk-norm, context 4096, adm 2048. Built on ``device`` in ``dtype``
+    (filled there, quickly, with ``randomize_``'s distributions), then handed to ComfyUI's loader
+    ``comfy.sd.load_diffusion_model_state_dict`` as a state dict (no file: 4.5 GB in bf16 at depth
+    24). Smaller depths keep the layout for quick runs."""
+    import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
+    import comfy.ops
+    import comfy.sd
+
+    side = 384
+    cfg = sd3_config(depth, x_block_self_attn_layers=list(range(min(13, depth))))
+    cfg.update(pos_embed_max_size=side, num_patches=side * side)
+    net = mmdit.MMDiT(**cfg, dtype=dtype, device=device, operations=comfy.ops.disable_weight_init)
+    g = torch.Generator(device=device).manual_seed(seed)
+    for name, p in net.state_dict(keep_vars=True).items():
+        if not p.is_floating_point() or p.ndim == 0 or name == "pos_embed":
+            continue
+        if p.ndim == 1 and name.endswith(("weight", "scale")):
+            p.fill_(1.0)
+            continue
+        std = 0.02 if p.ndim == 1 else 1.0 / math.sqrt(math.prod(p.shape[1:]))
+        p.uniform_(-std * math.sqrt(3.0), std * math.sqrt(3.0), generator=g)
+    table = mmdit.get_2d_sincos_pos_embed(net.pos_embed.shape[-1], side)
+    net.pos_embed.copy_(torch.from_numpy(table).reshape(net.pos_embed.shape))
+    sd = net.state_dict()
+    del net
+    model = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
+    if model is None:
+        raise RuntimeError("ComfyUI's detection did not recognise the SD3.5-medium-like state dict")
+    return model
