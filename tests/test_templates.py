@@ -232,7 +232,7 @@ def test_templates_in_the_browser_never_overlap(comfy_server):
     reason = browser_missing()
     if reason:
         pytest.skip(reason)
-    for old in ARTIFACTS.glob("template_*.png"):
+    for old in ARTIFACTS.glob("template*.png"):  # template_*.png and templates_failure.png
         old.unlink()
     # ENFOQUE_THUMBNAILS=1 also writes each template's .jpg thumbnail (a view of it as it opens)
     thumbs = ["--thumbnails", "1"] if os.environ.get("ENFOQUE_THUMBNAILS") == "1" else []
