@@ -24,7 +24,7 @@ TORCH_PIN="torch==2.14.1 torchvision==0.29.1"
 # requirements.txt (numpy>=1.25.0, safetensors>=0.4.2, Pillow) resolves to; also
 # installed beside ComfyUI's requirements, so both paths give the same versions.
 PACK_PINS="numpy==2.4.6 safetensors==0.8.0 Pillow==13.0.0"
-TEST_DEPS="pytest==9.2.0 hypothesis==6.170.17 ruff==0.17.6 requests==2.34.2"
+TEST_DEPS="pytest==9.2.0 hypothesis==6.170.17 ruff==0.17.6 requests==2.34.2 comfy-cli==1.23.0"
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 venv=${ENFOQUE_VENV:-$here/.venv}
