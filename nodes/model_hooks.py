@@ -10,7 +10,10 @@
   same prediction (SAG, PAG, skip-layer guidance: perturbed copies of the model)
   still get the prompt's weights but do not blur its maps.
 - Block replaces (``dit`` double/single blocks, UNet ``attn2``): tell the
-  attention override which block it is in and how long the text is.
+  attention override which block it is in and how long the text is. Families
+  without block replaces (NextDiT: Lumina 2, Z-Image) are read from the
+  ``block_index`` ComfyUI writes into transformer_options. What differs between
+  families (which blocks, where the text sits) is in `families`.
 - ``optimized_attention_override``: calls `attention.engine.attend` where a
   block asked for it, and calls through (to an earlier override or the stock
   backend) everywhere else.
@@ -34,6 +37,8 @@ import torch
 
 from ..attention.aggregate import MapAccumulator
 from ..attention.engine import attend
+from . import families
+from .families import unet_attn2_sites
 from .probe_call import read_call
 from .probe_checks import check_budget, check_capture_words, check_weights
 from .probe_plan import Plan, build_plan, region_for
@@ -43,11 +48,11 @@ from .probe_store import MAX_RESULTS, ProbeResult, ResultStore
 from .probe_types import CallState, ProbeConfig, Region, Route, Shared, Site
 
 __all__ = ["MAX_RESULTS", "SUPPORTED", "CallState", "ModelProbe", "Plan", "ProbeConfig", "ProbeResult", "Region",
-           "Route", "RunRecord", "Shared", "Site", "block_count", "install", "model_family"]
+           "Route", "RunRecord", "Shared", "Site", "block_count", "install", "model_family", "unet_attn2_sites"]
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = "SD3/SD3.5 (MMDiT), Flux, SD1.5/SDXL (UNet)"
+SUPPORTED = families.supported()
 _ids = itertools.count()
 
 
@@ -62,10 +67,15 @@ class ModelProbe(Shared):
 
     kind = "model"
 
-    def __init__(self, family: str, n_blocks: int, patch_size: int, config: ProbeConfig) -> None:
+    def __init__(self, family: str, n_blocks: int, patch_size: int | tuple[int, int, int], config: ProbeConfig,
+                 pad_multiple: int | None = None) -> None:
         self.family = family
+        self.spec = families.FAMILIES[family]
         self.n_blocks = n_blocks
-        self.patch_size = patch_size
+        self.patch = (1, patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+        self.patch_size = self.patch[-1]
+        self.pad_multiple = pad_multiple  # NextDiT pads text and image tokens to a multiple of this
+        self.downscale = 8  # image pixels per latent cell (the model's latent format says)
         self.config = config
         self.key = f"enfoque_call_{next(_ids)}"
         self.site_key = self.key + "_site"
@@ -91,12 +101,20 @@ class ModelProbe(Shared):
     # -- run lifecycle -------------------------------------------------------
     def grid_for(self, h: int, w: int) -> tuple[int, int]:
         """The common map grid for a latent of h x w: the latent itself (UNet) or its patches (DiT)."""
-        if self.family == "unet":
-            return (h, w)
-        return (math.ceil(h / self.patch_size), math.ceil(w / self.patch_size))
+        return (math.ceil(h / self.patch[1]), math.ceil(w / self.patch[2]))
+
+    def frames_of(self, shape: tuple[int, ...]) -> int:
+        """Latent frames of a video latent ``[B, C, T, H, W]`` as the model patches them; 1 for an image."""
+        return math.ceil(int(shape[-3]) / self.patch[0]) if len(shape) == 5 else 1
+
+    def grid_of(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """The map grid of a latent: its patches, a video's frames stacked on the rows (the model's token
+        order is frame, row, column, so ``[frames * H, W]`` holds one ``H x W`` map per frame)."""
+        h, w = self.grid_for(int(shape[-2]), int(shape[-1]))
+        return (self.frames_of(shape) * h, w)
 
     def _shape(self, latent_shape: tuple[int, ...]) -> tuple[int, tuple[int, int]]:
-        return int(latent_shape[0]), self.grid_for(latent_shape[-2], latent_shape[-1])
+        return int(latent_shape[0]), self.grid_of(latent_shape)
 
     def begin_run(self, conds: dict[str, list[dict]], model_sampling: Any, latent_shape: tuple[int, ...] = (),
                   steps: int = 0) -> None:
@@ -104,19 +122,28 @@ class ModelProbe(Shared):
         routes = build_routes(conds, self.config, run_log)
         check_weights(self.config, routes.values())
         check_capture_words(self.config, routes.values())
-        grid = self.grid_for(latent_shape[-2], latent_shape[-1]) if latent_shape else None
+        grid = self.grid_of(latent_shape) if latent_shape else None
         if latent_shape:
             check_budget(self.config, routes.values(), int(latent_shape[0]), grid, steps, self.selected_blocks())
         cfg = self.config
         hi = model_sampling.percent_to_sigma(cfg.start_percent)
         lo = model_sampling.percent_to_sigma(cfg.end_percent)
         self.run = RunRecord(routes=routes, sigma_hi=hi, sigma_lo=lo, grid=grid, log=run_log,
-                             batch=int(latent_shape[0]) if latent_shape else 0)
+                             batch=int(latent_shape[0]) if latent_shape else 0,
+                             frames=self.frames_of(latent_shape) if latent_shape else 1)
         self.store.forget(self._shape(latent_shape) if latent_shape else None)
 
     def end_run(self, ok: bool) -> None:
         run, self.run = self.run, None
-        if not ok or run is None or run.acc is None:
+        if not ok or run is None:
+            return
+        wanted = self.config.capture and any(self.config.captures(r.role) for r in run.routes.values())
+        if wanted and (run.acc is None or not run.acc.records):
+            # a known family whose run recorded nothing: never silent (the maps node reports it too)
+            run.log.once(("nothing",), "%s: the %s model ran with capture on but no attention call of a prompt "
+                         "was captured%s", families.NODE, self.spec.label,
+                         "" if run.active_steps else " (no step fell inside start_percent..end_percent)")
+        if run.acc is None:
             return
         self.runs += 1
         by_key = {(r.role, r.index): r for r in run.routes.values()}
@@ -134,6 +161,8 @@ class ModelProbe(Shared):
             run=self.runs,
             batch=run.batch,
             step_sigmas={k: run.step_sigmas[k] for k in sorted(run.active_steps) if k in run.step_sigmas},
+            frames=run.frames,
+            notes=tuple(run.log.messages),
         ))
 
     def result_for(self, latent_shape: tuple[int, ...] | None) -> ProbeResult | None:
@@ -143,23 +172,22 @@ class ModelProbe(Shared):
     def note_areas(self, conds: list, x_in: torch.Tensor) -> None:
         """Where the area conditionings of this batch of model calls sit (ComfyUI resolved them for it)."""
         run = self.run
-        if run is None or x_in.ndim != 4:
+        if run is None or x_in.ndim not in (4, 5):
             return
         hw = (int(x_in.shape[-2]), int(x_in.shape[-1]))
-        grid = run.grid or self.grid_for(*hw)
+        grid = run.grid or self.grid_of(tuple(x_in.shape))
         for group in conds or []:
             for c in group or []:
                 if not isinstance(c, dict) or "uuid" not in c or c["uuid"] in run.regions:
                     continue
                 region = None
                 if "area" in c:
-                    area = comfy_samplers.add_area_dims(list(c["area"]), 2)
-                    if len(area) > 4:
-                        area = area[:2] + area[len(area) // 2 : len(area) // 2 + 2]
+                    dims = x_in.ndim - 2
+                    area = comfy_samplers.add_area_dims(list(c["area"]), dims)
+                    area = area[dims - 2 : dims] + area[2 * dims - 2 : 2 * dims]  # (h, w, y, x): the last two dims
                     route = run.routes.get(c["uuid"])
                     name = route.name if route is not None else "conditioning"
-                    region = region_for(area, hw, self.patch_size if self.family != "unet" else 1, grid, name,
-                                        run.log)
+                    region = region_for(area, hw, self.patch[1], grid, name, run.log)
                 run.regions[c["uuid"]] = region
 
     # -- per model call --------------------------------------------------------
@@ -175,7 +203,7 @@ class ModelProbe(Shared):
         active = run.sigma_lo <= s <= run.sigma_hi
         if active:
             run.active_steps.add(run.step)
-        grid = self.grid_for(x.shape[-2], x.shape[-1])
+        grid = self.grid_of(tuple(x.shape))
         if run.acc is None:
             cfg = self.config
             run.acc = MapAccumulator(run.grid or grid, keep_steps=cfg.keep_steps, keep_blocks=cfg.keep_blocks,
@@ -195,10 +223,14 @@ class ModelProbe(Shared):
              batch: int) -> Plan | None:
         run = self.run
         key = (tuple(uuids), site.txt_len, site.seq_len, q_len, k_len, batch, state.grid, q.device)
+        key = (*key, site.txt_start, site.query_start)
         if key not in run.plans:
             run.plans[key] = build_plan(site, uuids, run.routes, run.regions, self.config, state.grid, q_len, k_len,
-                                        batch, q.device, run.log)
+                                        batch, q.device, run.log, self.placement, run.frames)
         return run.plans[key]
+
+    def placement(self, length: int) -> tuple[int, int]:
+        return families.placement(self.spec, length)
 
     def record(self, plan: Plan, maps: list[torch.Tensor], heads: int, step: int, block: int) -> None:
         run = self.run
@@ -278,13 +310,16 @@ class ApplyModelWrapper(Shared):
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kw):
         state = self.probe.call_state(x, t)
         if state is not None and state.active:
+            if isinstance(c_crossattn, torch.Tensor) and c_crossattn.ndim == 3:
+                state.context_len = int(c_crossattn.shape[1])
             transformer_options = dict(transformer_options or {})
             transformer_options[self.probe.key] = state
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kw)
 
 
 class DitBlockReplace(Shared):
-    """``dit`` double/single block replace: marks the block for the override, then runs it."""
+    """``dit`` double/single block replace: marks the block for the override, then runs it. Where the text
+    sits in the block's attention is the family's (`families.dit_site`)."""
 
     def __init__(self, probe: ModelProbe, index: int, single: bool, previous: Callable | None) -> None:
         self.probe, self.index, self.single, self.previous = probe, index, single, previous
@@ -293,16 +328,10 @@ class DitBlockReplace(Shared):
         to = args.get("transformer_options") or {}
         state: CallState | None = to.get(self.probe.key)
         if state is not None:
-            if not self.single:
-                txt = args["txt"].shape[1]
-                state.txt_len = txt
-                seq = txt + args["img"].shape[1]
-            else:
-                txt = state.txt_len
-                seq = args["img"].shape[1]
-            if txt is not None and self.probe.wants_block(self.index):
+            site = families.dit_site(self.probe.spec, self.index, self.single, args, state)
+            if site is not None and self.probe.wants_block(self.index):
                 to = dict(to)
-                to[self.probe.site_key] = Site(self.index, txt, seq)
+                to[self.probe.site_key] = site
                 args = dict(args)
                 args["transformer_options"] = to
         if self.previous is not None:
@@ -359,25 +388,37 @@ class AttentionOverride(Shared):
         to = kwargs.get("transformer_options") or {}
         site: Site | None = to.get(self.probe.site_key)
         state: CallState | None = to.get(self.probe.key)
-        if site is None or state is None or self.probe.run is None:
+        # a family without block replaces (NextDiT): the site comes from the call itself, once it is read
+        by_call = site is None and state is not None and self.probe.spec.hook == "block_index"
+        if (site is None and not by_call) or state is None or self.probe.run is None:
             return self._next(func, args, kwargs)
+        where = f"block {site.block}" if site is not None else "an attention call"
         run_log = self.probe.log
         call = read_call(args, kwargs)
         if isinstance(call, str):
-            run_log.once(("call", call), "block %d: cannot read the attention call (%s); it runs as it is, neither "
-                         "captured nor reweighted", site.block, call)
+            run_log.once(("call", call), "%s: cannot read the attention call (%s); it runs as it is, neither "
+                         "captured nor reweighted", where, call)
             return self._next(func, args, kwargs)
         q, k, v = call.q, call.k, call.v
         if not all(type(t) is torch.Tensor for t in (q, k, v)):
             kinds = ", ".join(sorted({type(t).__name__ for t in (q, k, v)}))
-            run_log.once(("container", kinds), "block %d: q/k/v come as %s, not plain tensors; those attention "
-                         "calls run as they are, neither captured nor reweighted", site.block, kinds)
+            run_log.once(("container", kinds), "%s: q/k/v come as %s, not plain tensors; those attention "
+                         "calls run as they are, neither captured nor reweighted", where, kinds)
             return self._next(func, args, kwargs)
         heads, mask, skip = call.heads, call.mask, call.skip_reshape
         seq_dim = 2 if skip else 1
         q_len, k_len = q.shape[seq_dim], k.shape[seq_dim]
+        if by_call:
+            site = families.option_site(self.probe.spec, to, state, self.probe.pad_multiple, k_len, run_log)
+            if site is None or not self.probe.wants_block(site.block):
+                return self._next(func, args, kwargs)
+        site.calls += 1
         if site.seq_len is not None and k_len != site.seq_len:
             return self._next(func, args, kwargs)  # e.g. SD3.5's image-only attention: not a text attention
+        if site.cross_in_block and (site.calls == 1 or k_len != site.txt_len):
+            # Wan: the block's self-attention comes first (WanAttentionBlock.forward); an image-to-video
+            # block's cross-attention to the CLIP-vision tokens has their length, not the text's
+            return self._next(func, args, kwargs)
         plan = self.probe.plan(site, to.get("uuids") or [], state, q, q_len, k_len, q.shape[0])
         if plan is None:
             return self._next(func, args, kwargs)
@@ -409,47 +450,22 @@ class AttentionOverride(Shared):
 # -- installing on a clone -------------------------------------------------------
 
 def model_family(model) -> tuple[str, Any]:
-    dm = model.get_model_object("diffusion_model")
-    names = {c.__name__ for c in type(dm).__mro__}
-    if "MMDiT" in names:
-        return "sd3", dm
-    if "Flux" in names and hasattr(dm, "double_blocks"):
-        return "flux", dm
-    if "UNetModel" in names:
-        return "unet", dm
-    raise ValueError(
-        f"EnfoquePatchModel: the model {type(dm).__name__} is not supported yet; supported families: {SUPPORTED}"
-    )
-
-
-def unet_attn2_sites(dm) -> list[tuple[str, int, int]]:
-    """(block_name, number, transformer_index) of every cross-attention, in forward order."""
-    sites = []
-    for name, blocks in (("input", dm.input_blocks), ("middle", [dm.middle_block]), ("output", dm.output_blocks)):
-        for number, block in enumerate(blocks):
-            for mod in block:
-                tbs = getattr(mod, "transformer_blocks", None)
-                if tbs is None:
-                    continue
-                for t, tb in enumerate(tbs):
-                    if getattr(tb, "attn2", None) is not None:
-                        sites.append((name, number, t))
-    return sites
+    """The family key of a MODEL and its diffusion network (`families.detect`: a ValueError for others)."""
+    family, dm = families.detect(model)
+    return family.key, dm
 
 
 def block_count(family: str, dm) -> int:
-    if family == "sd3":
-        return len(dm.joint_blocks)
-    if family == "flux":
-        return len(dm.double_blocks) + len(dm.single_blocks)
-    return len(unet_attn2_sites(dm))
+    return families.block_count(families.FAMILIES[family], dm)
 
 
 def install(model, config: ProbeConfig):
     """A clone of ``model`` with the probe's hooks, and the probe. The original is untouched."""
-    family, dm = model_family(model)
-    patch = int(getattr(dm, "patch_size", 2) or 2) if family != "unet" else 1
-    probe = ModelProbe(family, block_count(family, dm), patch, config)
+    spec, dm = families.detect(model)
+    probe = ModelProbe(spec.key, families.block_count(spec, dm), families.patch_size(spec, dm), config,
+                       pad_multiple=getattr(dm, "pad_tokens_multiple", None))
+    latent_format = getattr(getattr(model, "model", None), "latent_format", None)
+    probe.downscale = int(getattr(latent_format, "spacial_downscale_ratio", 8) or 8)
     m = model.clone()
     to = m.model_options.setdefault("transformer_options", {})
     previous = to.get("optimized_attention_override")
@@ -458,19 +474,10 @@ def install(model, config: ProbeConfig):
     m.add_wrapper_with_key(patcher_extension.WrappersMP.APPLY_MODEL, probe.key, ApplyModelWrapper(probe))
     m.add_wrapper_with_key(patcher_extension.WrappersMP.PREDICT_NOISE, probe.key, PredictNoiseWrapper(probe))
     m.add_wrapper_with_key(patcher_extension.WrappersMP.CALC_COND_BATCH, probe.key, CalcCondBatchWrapper(probe))
-    existing = to.get("patches_replace", {})
-    if family in ("sd3", "flux"):
-        dit = existing.get("dit", {})
-        doubles = len(dm.joint_blocks) if family == "sd3" else len(dm.double_blocks)
-        for i in range(doubles):
-            prev = dit.get(("double_block", i))
-            m.set_model_patch_replace(DitBlockReplace(probe, i, False, prev), "dit", "double_block", i)
-        if family == "flux":
-            for i in range(len(dm.single_blocks)):
-                prev = dit.get(("single_block", i))
-                m.set_model_patch_replace(DitBlockReplace(probe, doubles + i, True, prev), "dit", "single_block", i)
-    else:
-        attn2 = existing.get("attn2", {})
+    if spec.hook == "dit":
+        families.install_blocks(spec, m, dm, lambda i, single, prev: DitBlockReplace(probe, i, single, prev))
+    elif spec.hook == "attn2":
+        attn2 = to.get("patches_replace", {}).get("attn2", {})
         for i, (name, number, t) in enumerate(unet_attn2_sites(dm)):
             # ComfyUI prefers the (block, number, index) key over (block, number): chain to either
             prev = attn2.get((name, number, t)) or attn2.get((name, number))

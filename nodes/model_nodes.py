@@ -75,9 +75,16 @@ def pick_one(node: str, kind: str, index: int, kept: bool, per: dict):
     return per[index]
 
 
-def frames_of(per: dict, spans: list[list[int]], labels: list[str], caption) -> tuple[Frame, ...]:
-    """One word-pooled map per kept step or block, in order, each with its caption."""
-    return tuple(Frame(caption(k), pool_tokens(per[k], spans, words=labels)) for k in sorted(per))
+def over_frames(maps: torch.Tensor, frames: int) -> torch.Tensor:
+    """``[B, words, frames * H, W]`` (a video's maps, frames stacked on the rows) -> the mean over its frames."""
+    return maps if frames <= 1 else maps.unflatten(2, (frames, -1)).mean(2)
+
+
+def frames_of(per: dict, spans: list[list[int]], labels: list[str], caption, frames: int = 1) -> tuple[Frame, ...]:
+    """One word-pooled map per kept step or block, in order, each with its caption (a video's: the mean
+    over its latent frames)."""
+    return tuple(Frame(caption(k), over_frames(pool_tokens(per[k], spans, words=labels), frames))
+                 for k in sorted(per))
 
 
 class EnfoquePatchModel(io.ComfyNode):
@@ -211,13 +218,16 @@ class EnfoqueAttentionMaps(io.ComfyNode):
             )
         if res is None:
             kept = listed(f"{r.batch} image(s) on a {r.grid[0]}x{r.grid[1]} grid" for r in probe.results)
-            gh, gw = probe.grid_for(shape[-2], shape[-1])
+            gh, gw = probe.grid_of(shape)
             raise ValueError(
                 f"{node}: no sampling run of this probe matches the latent ({shape[0]} image(s) on a {gh}x{gw} grid); "
                 f"recorded runs: {kept}. Connect the LATENT output of the sampler that used the MODEL from this "
                 f"{PATCH_MODEL}."
             )
         key = (prompt, int(cond_index))
+        if not res.maps and res.notes:
+            raise ValueError(f"{node}: the last sampling run of this {PATCH_MODEL} captured no maps: "
+                             f"{brief('; '.join(res.notes), 600)}. Fix what these say and run again.")
         if key not in res.maps:
             have = listed(f"{r} #{i}" for r, i in sorted(res.maps))
             hint = f" To see the negative prompt, turn on capture_negative on {PATCH_MODEL}." if prompt == "negative" else ""
@@ -237,14 +247,20 @@ class EnfoqueAttentionMaps(io.ComfyNode):
             per_block = res.block_maps.get(key, {})
             token_maps, blocks = pick_one(node, "block", int(block), probe.config.keep_blocks, per_block), [int(block)]
         labels, spans = word_spans(route.layout, route.columns, words, node)
-        maps = pool_tokens(token_maps, spans, words=labels)
+        n = res.frames
+        maps = over_frames(pool_tokens(token_maps, spans, words=labels), n)
         sigmas = res.step_sigmas
         step_frames = frames_of(
             res.step_maps.get(key, {}), spans, labels,
-            lambda k: f"step {k}" + (f"  sigma {sigmas[k]:.3f}" if k in sigmas else ""),
+            lambda k: f"step {k}" + (f"  sigma {sigmas[k]:.3f}" if k in sigmas else ""), n,
         )
-        block_frames = frames_of(res.block_maps.get(key, {}), spans, labels, lambda k: f"block {k}")
-        lh, lw = (shape[-2], shape[-1]) if shape is not None else res.grid
+        block_frames = frames_of(res.block_maps.get(key, {}), spans, labels, lambda k: f"block {k}", n)
+        video_frames = ()
+        if n > 1:
+            per_frame = pool_tokens(token_maps, spans, words=labels).unflatten(2, (n, -1))
+            video_frames = tuple(Frame(f"latent frame {t}", per_frame[:, :, t].contiguous()) for t in range(n))
+        lh, lw = (shape[-2], shape[-1]) if shape is not None else (res.grid[0] // n, res.grid[1])
+        scale = probe.downscale
         meta = {
             "model_family": probe.family,
             "prompt": prompt,
@@ -258,12 +274,14 @@ class EnfoqueAttentionMaps(io.ComfyNode):
             "step_sigmas": {str(k): v for k, v in sorted(sigmas.items()) if k in steps},
             "sigma_window": [probe.config.start_percent, probe.config.end_percent],
             "reweight": probe.config.reweight,
-            "grid": list(res.grid),
-            "image_size": [int(lh) * 8, int(lw) * 8],
+            "grid": [res.grid[0] // n, res.grid[1]],
+            "frames": n,
+            "image_size": [int(lh) * scale, int(lw) * scale],
             "normalisation": "none (mean attention probability over heads, blocks and steps)",
             "run": res.run,
         }
-        out = FramedMaps(maps=maps, words=labels, meta=meta, steps=step_frames, blocks=block_frames)
+        out = FramedMaps(maps=maps, words=labels, meta=meta, steps=step_frames, blocks=block_frames,
+                         frames=video_frames)
         # for the frontend's word chips (js/enfoque.js): words, shares, one heatmap PNG per word
         ui = {
             "enfoque_words": list(out.words),

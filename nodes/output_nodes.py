@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 CATEGORY = "Enfoque"
 HEATMAP_NORMALISATIONS = ["minmax", "text", "softmax", "none"]
-OVER = ["mean", "steps", "blocks"]
+OVER = ["mean", "steps", "blocks", "frames"]
 MAX_FRAMES_BYTES = 2 * 2**30  # the IMAGE batch of every frame together (float32)
 MAPS_FROM = f"Attention maps from {ATTENTION_MAPS} or {LOAD_MAPS}."
 MAX_SIZE = 16384
@@ -144,9 +144,9 @@ class EnfoqueHeatmaps(io.ComfyNode):
                     default="mean",
                     optional=True,
                     tooltip="mean: one picture of the maps as given. steps: one picture per sampling step "
-                    f"(needs keep_steps on {PATCH_MODEL}); blocks: one per block (needs keep_blocks). Each "
-                    "picture is captioned with the step and its sigma, or the block; images of a batch sit side "
-                    "by side.",
+                    f"(needs keep_steps on {PATCH_MODEL}); blocks: one per block (needs keep_blocks); frames: one "
+                    "per latent frame of a video model (Wan). Each picture is captioned with the step and its "
+                    "sigma, the block or the frame; images of a batch sit side by side.",
                 ),
             ],
             outputs=[io.Image.Output(display_name="image")],
@@ -200,6 +200,12 @@ def frame_pictures(maps: AttentionMaps, over: str, node: str, draw: dict) -> tor
     """One heatmap picture per kept step or block, captioned with it: ``[frames, H, W, 3]``."""
     kind = over[:-1]
     frames = getattr(maps, over, ()) if isinstance(maps, FramedMaps) else ()
+    if not frames and over == "frames":
+        raise ValueError(
+            f"{node}: over 'frames' needs the maps of each latent frame of a video, and these maps have none "
+            "(an image model, or maps loaded from a file, which keep only the mean). Set over to mean, steps "
+            "or blocks."
+        )
     if not frames:
         raise ValueError(
             f"{node}: over {over!r} needs the maps of each {kind}, and these maps hold only their mean. Turn on "

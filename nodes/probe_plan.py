@@ -12,7 +12,7 @@ conditioning's text: it is skipped for that call and the run's log says so.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,8 +53,12 @@ def region_for(area, latent_hw: tuple[int, int], patch: int, grid: tuple[int, in
 
 def build_plan(site: Site, uuids: list, routes: dict[Any, Route], regions: dict[Any, Region | None],
                config: ProbeConfig, call_grid: tuple[int, int], q_len: int, k_len: int, batch: int,
-               device: torch.device, log: RunLog) -> Plan | None:
-    """Captures (rows x columns), reweighting and query range of one attention call shape, or None."""
+               device: torch.device, log: RunLog, placement: Callable[[int], tuple[int, int]] | None = None,
+               frames: int = 1) -> Plan | None:
+    """Captures (rows x columns), reweighting and query range of one attention call shape, or None.
+
+    ``placement(length)`` gives the (length, offset) a conditioning of ``length`` tokens has in the
+    text the model attends to (Flux 2 left-pads shorter ones); the text starts at key ``site.txt_start``."""
     if not uuids or batch % len(uuids):
         log.once(("rows", batch, len(uuids)), "an attention call of %d rows for %d conditionings cannot be split "
                  "into prompts; it is neither captured nor reweighted", batch, len(uuids))
@@ -68,7 +72,7 @@ def build_plan(site: Site, uuids: list, routes: dict[Any, Route], regions: dict[
             log.once(("unknown", u), "a conditioning the run did not start with reached the model; its rows are "
                      "neither captured nor reweighted")
             continue
-        length = route.length
+        length, offset = placement(route.length) if placement is not None else (route.length, 0)
         if length <= 0 or site.txt_len % length:
             log.once(("length", route.role, route.index, site.txt_len),
                      "the %s has %d context tokens, but block %d attends to %d text tokens, no whole number of "
@@ -76,30 +80,40 @@ def build_plan(site: Site, uuids: list, routes: dict[Any, Route], regions: dict[
                      site.txt_len)
             continue
         reps = site.txt_len // length
+        start = site.txt_start + offset
         sl = slice(i * rows, (i + 1) * rows)
-        if config.captures(route.role) and route.columns:
+        region = regions.get(u)
+        if region is not None and frames > 1:
+            log.once(("area-video", route.role, route.index), "the %s has an area (ConditioningSetArea) on a "
+                     "video latent; its maps are not captured (its weights still apply)", route.name)
+        elif config.captures(route.role) and route.columns:
             cols = torch.tensor(route.columns, dtype=torch.long)
-            cols = torch.cat([cols + m * length for m in range(reps)]).to(device)
+            cols = torch.cat([cols + start + m * length for m in range(reps)]).to(device)
             captures.append(Capture(sl, cols))
             keys.append((route.role, route.index))
             copies.append(reps)
-            places.append(regions.get(u))
+            places.append(region)
         if config.reweight != "off" and route.layout.weights:
             if weights is None:
                 weights = torch.ones(batch, k_len)
             for pos, wt in route.layout.weights.items():
                 for m in range(reps):
-                    weights[sl, pos + m * length] = wt
+                    weights[sl, start + pos + m * length] = wt
     reweight = Reweight.build(weights.to(device), config.reweight) if weights is not None else None
-    if site.seq_len is None:
-        query_range = (0, q_len)
+    if site.seq_len is None and not site.cross_in_block:
+        query_range = (0, q_len)  # UNet cross-attention: every query of its level
     else:
         n_img = call_grid[0] * call_grid[1]
-        if captures and q_len < site.txt_len + n_img:
-            log.once(("queries", site.block, q_len), "block %d has %d queries, fewer than its %d text and %d image "
-                     "tokens; it is not captured", site.block, q_len, site.txt_len, n_img)
+        q0 = site.query_start
+        if captures and q_len < q0 + n_img:
+            if site.img_start is None and site.seq_len is not None:
+                log.once(("queries", site.block, q_len), "block %d has %d queries, fewer than its %d text and %d "
+                         "image tokens; it is not captured", site.block, q_len, site.txt_len, n_img)
+            else:
+                log.once(("queries", site.block, q_len), "block %d has %d queries, fewer than the %d image tokens "
+                         "from query %d on; it is not captured", site.block, q_len, n_img, q0)
             captures, keys, copies, places = [], [], [], []
-        query_range = (site.txt_len, site.txt_len + n_img)
+        query_range = (q0, q0 + n_img)
     if not captures and reweight is None:
         return None
     return Plan(captures, keys, copies, places, reweight, query_range)

@@ -23,11 +23,14 @@ class RunLog:
 
     def __init__(self) -> None:
         self.seen: set[Hashable] = set()
+        self.messages: list[str] = []  # what was said, in order (a run that captured nothing reports them)
 
     def once(self, reason: Hashable, message: str, *args: Any, level: int = logging.WARNING) -> None:
         if reason in self.seen:
             return
         self.seen.add(reason)
+        if level >= logging.WARNING:
+            self.messages.append(message % args if args else message)
         log.log(level, "Enfoque: " + message, *args)
 
 
@@ -45,6 +48,7 @@ class RunRecord:
     active_steps: set[int] = field(default_factory=set)
     step_sigmas: dict[int, float] = field(default_factory=dict)  # the sigma of each step
     batch: int = 0
+    frames: int = 1  # latent frames (video); the grid holds them stacked on its rows
     batch_calls: int | None = None  # calc_cond_batch calls in the current noise prediction
     guidance: bool = False  # inside a guidance pass
     regions: dict[Any, Region | None] = field(default_factory=dict)  # uuid -> area on the grid (None: none)

@@ -26,6 +26,8 @@ class ProbeResult:
     run: int
     batch: int = 0  # images in the run (the latent's batch)
     step_sigmas: dict[int, float] = field(default_factory=dict)  # step -> its sigma
+    frames: int = 1  # latent frames of a video: ``grid`` is ``[frames * H, W]``, one ``H x W`` map per frame
+    notes: tuple[str, ...] = ()  # what the run could not capture or reweight, and why (its log)
 
     @property
     def shape(self) -> tuple[int, tuple[int, int]]:

@@ -74,17 +74,36 @@ class Region:
 @dataclass
 class CallState:
     """Per model call: whether the step is in the window, which step, the grid of this call's input
-    (an area conditioning's crop, or the whole latent)."""
+    (an area conditioning's crop, or the whole latent; a video's frames stacked on its rows)."""
 
     active: bool
     step: int
     grid: tuple[int, int]
-    txt_len: int | None = None
+    txt_len: int | None = None  # text tokens of the joint sequence, set by the first double block
     capture: bool = True  # False in a guidance pass (a second model pass for the same prediction)
+    context_len: int | None = None  # tokens of the text context (c_crossattn) this model call was given
+    joint_calls: int = 0  # main-layer attention calls seen (NextDiT on a ComfyUI that writes no block index)
 
 
 @dataclass
 class Site:
+    """Where an attention call sits: its block, the text it attends to and where the image queries are.
+
+    ``txt_len`` text tokens start at key ``txt_start``; ``seq_len`` is the key length of a joint
+    attention (None: a cross-attention whose keys are the text). Image queries start at ``img_start``
+    (None: right after the text in a joint sequence, the first query in a cross-attention).
+    ``cross_in_block``: the block also runs a self-attention first (Wan), told apart by call order."""
+
     block: int
     txt_len: int
-    seq_len: int | None  # joint key length (DiT); None for UNet cross-attention
+    seq_len: int | None
+    txt_start: int = 0
+    img_start: int | None = None
+    cross_in_block: bool = False
+    calls: int = 0  # attention calls seen in this block call so far
+
+    @property
+    def query_start(self) -> int:
+        if self.img_start is not None:
+            return self.img_start
+        return self.txt_start + self.txt_len if self.seq_len is not None else 0

@@ -66,14 +66,16 @@ class Frame(NamedTuple):
 class FramedMaps(AttentionMaps):
     """ENFOQUE_MAPS that also hold the maps of each kept step and block (EnfoquePatchModel's keep_steps,
     keep_blocks), for Enfoque Heatmaps' ``over`` input. Anything that derives new maps (a word selection,
-    a file) keeps only the mean."""
+    a file) keeps only the mean. A video model's maps (Wan) also hold one map per latent frame
+    (``frames``); their mean over the frames is ``maps``."""
 
     steps: tuple[Frame, ...] = ()
     blocks: tuple[Frame, ...] = ()
+    frames: tuple[Frame, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for frame in (*self.steps, *self.blocks):
+        for frame in (*self.steps, *self.blocks, *self.frames):
             if tuple(frame.maps.shape) != tuple(self.maps.shape):
                 raise ValueError(
                     f"FramedMaps: frame {frame.caption!r} has shape {tuple(frame.maps.shape)}, "

@@ -53,7 +53,7 @@ def test_nodes_are_registered_with_contract_inputs(comfy):
     heat = comfy.node("EnfoqueHeatmaps").INPUT_TYPES()
     assert list(heat["required"]) == ["maps", "colormap", "opacity", "normalisation", "columns"]
     assert list(heat["optional"]) == ["image", "over"]  # new inputs go last: old widget values keep their places
-    assert heat["optional"]["over"][1]["options"] == ["mean", "steps", "blocks"]
+    assert heat["optional"]["over"][1]["options"] == ["mean", "steps", "blocks", "frames"]  # frames: Step 13 (video)
     assert heat["optional"]["over"][1]["default"] == "mean"
     assert heat["required"]["maps"][0] == "ENFOQUE_MAPS"
     assert heat["required"]["colormap"][1]["options"] == ["viridis", "inferno", "turbo", "jet"]
