@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field, replace
 
 LAYOUT_KEY = "enfoque_layout"
@@ -23,7 +24,9 @@ class TokenLayout:
     sub-tokens give several positions). ``weights`` maps context positions to a
     weight for in-attention reweighting; positions not listed keep weight 1.
     ``encoder_spans`` keeps, per encoder stream, each word's token indices in that
-    encoder (provenance for exports).
+    encoder (provenance for exports). ``template`` lists the context positions of
+    chat-template and system-prompt tokens the encoder kept (LLM text encoders):
+    they are neither words nor weighted, and maps of the words leave them out.
     """
 
     words: tuple[str, ...]
@@ -33,6 +36,7 @@ class TokenLayout:
     encoder_spans: dict[str, list[list[int]]] = field(default_factory=dict)
     special: tuple[int, ...] = ()
     labelled: bool = True
+    template: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.words) != len(self.spans):
@@ -98,6 +102,7 @@ class TokenLayout:
             weights={p: w for p, w in self.weights.items() if p < length},
             encoder_spans={k: [v[i] for i in keep] for k, v in self.encoder_spans.items()},
             special=tuple(p for p in self.special if p < length),
+            template=tuple(p for p in self.template if p < length),
         )
 
     def with_weights(self, weights: dict[int, float]) -> TokenLayout:
@@ -186,11 +191,20 @@ class Stream:
 
     ``chunks`` are lists of ``(token, weight[, word_id])``; a token is an int or an
     embedding tensor. ``pieces`` turns an int token into its vocabulary string.
-    ``kind`` is "bpe" (CLIP: a piece ends with ``</w>``) or "sentencepiece" (T5: a
-    word starts with ``▁``). ``text_words``, where the prompt text is known, gives the
-    token ids of each whitespace-separated word of that text, in order, as this
-    encoder's tokenizer splits them: the word boundaries CLIP's tokens alone do not
-    keep ("3.5kg" and "3 . 5 kg" tokenize alike).
+    ``kind`` is "bpe" (CLIP: a piece ends with ``</w>``), "sentencepiece" (T5, umT5,
+    Gemma: a word starts with ``▁``) or "bytelevel" (the byte-level BPE of Qwen,
+    Mistral and Llama 3: each piece is bytes in GPT-2's printable form, ``Ġ`` a space).
+    ``text_words``, where the prompt text is known, gives the token ids of each
+    whitespace-separated word of that text, in order, as this encoder's tokenizer
+    splits them: the word boundaries CLIP's tokens alone do not keep ("3.5kg" and
+    "3 . 5 kg" tokenize alike).
+
+    LLM encoders tokenize the prompt inside a chat template. ``text`` is the whole
+    text the tokenizer saw (template included) and ``prompt`` the character span of
+    the user's prompt in it; ``templates`` are the template format strings (``{}``
+    for the prompt) the tokenizer may have used, to find the prompt when ``text`` is
+    not known. Tokens outside the prompt are template tokens, never words. ``pad``
+    is the padding token (left padding included).
     """
 
     key: str
@@ -200,6 +214,50 @@ class Stream:
     start: int | None
     end: int | None
     text_words: tuple[tuple[int, ...], ...] | None = None
+    text: str | None = None
+    prompt: tuple[int, int] | None = None
+    templates: tuple[str, ...] = ()
+    pad: int | None = None
+
+
+# GPT-2's reversible byte <-> printable character table: the pieces of byte-level BPE vocabularies
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = list(bs)
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
+
+
+BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
+_BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+def piece_bytes(piece: str, kind: str) -> bytes:
+    """The text bytes of a vocabulary piece: byte-level BPE pieces through GPT-2's table (a special token
+    such as ``<|im_start|>`` is its own text), sentencepiece pieces with ``▁`` as a space and ``<0x0A>``
+    byte fallbacks."""
+    if kind == "bytelevel":
+        if all(c in BYTE_DECODER for c in piece):
+            return bytes(BYTE_DECODER[c] for c in piece)
+        return piece.encode("utf-8")
+    m = _BYTE_FALLBACK.match(piece)
+    if m:
+        return bytes([int(m.group(1), 16)])
+    return piece.replace("▁", " ").encode("utf-8")
+
+
+def piece_label(piece: str, kind: str) -> str:
+    """A piece as a token label: its text without word markers, whitespace shown as ``_``."""
+    if kind == "bytelevel":
+        text = piece_bytes(piece, kind).decode("utf-8", errors="replace")
+    else:
+        text = bare_piece(piece)
+    return text.strip() or "_"
 
 
 @dataclass
@@ -215,16 +273,21 @@ class _Word:
 
 
 def _content(stream: Stream) -> list[tuple[int, object, float, int]]:
-    """(flat index, token, weight, word id) of the prompt's own tokens: no start/end/padding."""
+    """(flat index, token, weight, word id) of the prompt's own tokens: no start/end/padding (an LLM
+    tokenizer's padding, which may come first, included)."""
     out = []
     flat = 0
     for chunk in stream.chunks:
         started = stream.start is None
+        lead = stream.pad is not None and stream.kind == "bytelevel"  # left padding before anything else
         for item in chunk:
             tok, w = item[0], float(item[1])
             wid = item[2] if len(item) > 2 else -1
             i = flat
             flat += 1
+            if lead and isinstance(tok, int) and tok == stream.pad:
+                continue
+            lead = False
             if isinstance(tok, int) and not started and tok == stream.start:
                 started = True
                 continue
@@ -233,6 +296,9 @@ def _content(stream: Stream) -> list[tuple[int, object, float, int]]:
                 continue
             if started:
                 out.append((i, tok, w, wid))
+    if stream.kind == "bytelevel" and stream.pad is not None:
+        while out and isinstance(out[-1][1], int) and out[-1][1] == stream.pad:
+            out.pop()  # right padding (no end token marks it)
     return out
 
 
@@ -326,12 +392,154 @@ def _groups_from_pieces(stream: Stream, content: list) -> list[list[int]]:
     return groups
 
 
-def _words(stream: Stream) -> list[_Word]:
+def prompt_region(text: str, prompt: tuple[int, int] | None = None, templates: tuple[str, ...] = ()) -> tuple[int, int]:
+    """The character span of the user's prompt in ``text`` (what an LLM tokenizer saw): ``prompt`` when
+    given, else the one template of ``templates`` that ``text`` fills (its prefix and suffix around the
+    prompt), else the whole text."""
+    if prompt is not None:
+        return prompt
+    for tpl in templates:
+        if tpl.count("{}") != 1:
+            continue
+        pre, post = tpl.split("{}")
+        if text.startswith(pre) and text.endswith(post) and len(text) >= len(pre) + len(post):
+            return len(pre), len(text) - len(post)
+    return 0, len(text)
+
+
+def text_words(text: str) -> list[tuple[str, int, int]]:
+    """The words of a prompt text: (word, start, end) of each whitespace-separated piece, less the
+    punctuation at its ends ("cat," is "cat", "(cute" is "cute"; "3.5kg" and "don't" stay whole); a
+    piece of punctuation alone is no word."""
+    out = []
+    for m in re.finditer(r"\S+", text):
+        a, b = m.start(), m.end()
+        while a < b and not text[a].isalnum():
+            a += 1
+        while b > a and not text[b - 1].isalnum():
+            b -= 1
+        if a < b:
+            out.append((text[a:b], a, b))
+    return out
+
+
+def _bytelevel_split(stream: Stream, content: list) -> tuple[list[_Word], list[int]] | None:
+    """Words and template tokens of a byte-level BPE stream, by the characters each token covers.
+
+    The tokens' bytes, joined, are the text the tokenizer saw (byte-level BPE is lossless; Qwen's
+    tokenizer applies NFC first). The prompt's span in it comes from ``stream.prompt`` (or a matching
+    template); tokens wholly outside it are template tokens. Inside, a token belongs to the first word
+    (`text_words`) whose letters it covers; tokens of spaces or edge punctuation belong to none. None
+    where the tokens cannot be read as text (an image embedding among them, broken UTF-8)."""
+    pieces = []
+    for _, tok, _, _ in content:
+        if not isinstance(tok, int):
+            return None
+        pieces.append(piece_bytes(stream.pieces.get(tok, ""), "bytelevel"))
+    got = char_spans(pieces)
+    if got is None:
+        return None
+    text, spans = got
+    known = stream.text is not None and unicodedata.normalize("NFC", stream.text) == text
+    if known and stream.prompt is not None:
+        pa, pb = stream.prompt
+        a = len(unicodedata.normalize("NFC", stream.text[:pa]))
+        b = a + len(unicodedata.normalize("NFC", stream.text[pa:pb]))
+    else:
+        a, b = prompt_region(text, None, stream.templates)
+    words = [(w, wa + a, wb + a) for w, wa, wb in text_words(text[a:b])]
+    out: list[_Word] = [_Word(w, [], []) for w, _, _ in words]
+    template: list[int] = []
+    wi = 0
+    for k, (c0, c1) in enumerate(spans):
+        flat, w = content[k][0], content[k][2]
+        if c1 <= a or c0 >= b:
+            template.append(flat)
+            continue
+        while wi < len(words) and words[wi][2] <= c0:
+            wi += 1
+        for j in range(wi, len(words)):
+            _, wa, wb = words[j]
+            if wa >= c1:
+                break
+            if c0 < wb and wa < c1:
+                out[j].tokens.append(flat)
+                out[j].weights.append(w)
+                break
+    return [wd for wd in out if wd.tokens], template
+
+
+def tokens_text(stream: Stream) -> str | None:
+    """The text a byte-level BPE stream's prompt tokens spell (start and padding left out); None for other
+    kinds, or tokens that are not plain ids."""
+    if stream.kind != "bytelevel":
+        return None
+    parts = []
+    for _, tok, _, _ in _content(stream):
+        if not isinstance(tok, int):
+            return None
+        parts.append(piece_bytes(stream.pieces.get(tok, ""), "bytelevel"))
+    try:
+        return b"".join(parts).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def char_spans(pieces: list[bytes]) -> tuple[str, list[tuple[int, int]]] | None:
+    """The text of consecutive byte pieces and each piece's character span in it (a character split across
+    pieces counts in the piece holding its first byte); None when the bytes are not UTF-8."""
+    try:
+        text = b"".join(pieces).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    spans, chars = [], 0
+    for p in pieces:
+        starts = sum(1 for byte in p if byte & 0xC0 != 0x80)
+        spans.append((chars, chars + starts))
+        chars += starts
+    return text, spans
+
+
+def split_words(stream: Stream) -> tuple[list[tuple[str, list[int]]], list[int]]:
+    """(word, its flat token indices) of each word of the stream, and the flat indices of its template
+    tokens (chat template, system prompt)."""
+    words, template = _split(stream)
+    return [(w.text, list(w.tokens)) for w in words], template
+
+
+def _template_words(stream: Stream) -> int:
+    """How many of the text's leading whitespace words are template (a sentencepiece stream whose
+    ``prompt`` starts after them, e.g. Lumina 2's system prompt)."""
+    if stream.text is None or stream.prompt is None:
+        return 0
+    return len(stream.text[: stream.prompt[0]].split())
+
+
+def _split(stream: Stream) -> tuple[list[_Word], list[int]]:
+    """The stream's words and its template tokens (flat indices)."""
+    content = _content(stream)
+    if stream.kind == "bytelevel":
+        got = _bytelevel_split(stream, content)
+        if got is not None:
+            return got
+    words = _words(stream, content)
+    skip = _template_words(stream)
+    if skip and _groups_from_text(stream, content) is not None:
+        n_tpl = sum(len(g) for g in _groups_from_text(stream, content)[: skip])
+        template = [content[k][0] for k in range(n_tpl)]
+        keep = set(template)
+        words = [wd for wd in words if not set(wd.tokens) & keep]
+        return words, template
+    return words, []
+
+
+def _words(stream: Stream, content: list | None = None) -> list[_Word]:
     """The prompt's words in this stream: the text's whitespace words where the text is known, else
     word groups read from the tokens. Punctuation at either end of a word belongs to no word
     ("cat," is "cat"); inside it stays ("3.5kg", "don't"); a word of punctuation alone ("'", ",")
     is no word. Labels are the encoder's own pieces joined (CLIP lower-cases)."""
-    content = _content(stream)
+    if content is None:
+        content = _content(stream)
     groups = _groups_from_text(stream, content)
     if groups is None:
         groups = _groups_from_pieces(stream, content)
@@ -421,8 +629,15 @@ def context_offsets(lengths: dict[str, int], context_length: int) -> dict[str, i
 
     CLIP streams (``l``, ``g``) share positions (their channels are joined);
     T5 follows them (SD3) or stands alone (Flux, whose CLIP only gives the
-    pooled vector). None when the lengths fit no known arrangement.
+    pooled vector). A single stream of another encoder (an LLM, umT5) is the
+    whole context, or, when longer, its end: ComfyUI's Qwen-Image encoder drops
+    the template's first tokens. None when the lengths fit no known arrangement.
     """
+    others = [k for k in lengths if k not in ("l", "g", "t5xxl")]
+    if others:
+        if len(others) != 1 or len(lengths) != 1 or lengths[others[0]] < context_length:
+            return None
+        return {others[0]: context_length - lengths[others[0]]}
     clip = max((lengths[k] for k in ("l", "g") if k in lengths), default=0)
     t5 = lengths.get("t5xxl", 0)
     if clip and t5 and clip + t5 == context_length:
@@ -444,7 +659,10 @@ def build_layout(streams: list[Stream], context_length: int, in_context: dict[st
     """
     if not streams:
         return TokenLayout.positional(context_length)
-    per_stream = {s.key: _words(s) for s in streams}
+    split = {s.key: _split(s) for s in streams}
+    per_stream = {k: v[0] for k, v in split.items()}
+    template = sorted({in_context[k] + t for k, (_, tpl) in split.items() if k in in_context for t in tpl
+                       if 0 <= in_context[k] + t < context_length})
     ordered = sorted(streams, key=lambda s: (s.key not in in_context, s.kind != "bpe"))
     primary = per_stream[ordered[0].key]
     words = [w.text for w in primary]
@@ -463,7 +681,7 @@ def build_layout(streams: list[Stream], context_length: int, in_context: dict[st
             if s.key in in_context:
                 for t, w in zip(wd.tokens, wd.weights, strict=True):
                     pos = in_context[s.key] + t
-                    if pos < context_length and pos not in spans[i]:
+                    if 0 <= pos < context_length and pos not in spans[i]:
                         spans[i].append(pos)
                         if w != 1.0:
                             weights[pos] = w
@@ -477,4 +695,6 @@ def build_layout(streams: list[Stream], context_length: int, in_context: dict[st
         weights=weights,
         encoder_spans={k: [v[i] for i in keep] for k, v in enc_spans.items()},
         special=tuple(sorted(specials)),
-    ) if keep else TokenLayout(words=(), spans=(), context_length=context_length, special=tuple(range(context_length)))
+        template=tuple(template),
+    ) if keep else TokenLayout(words=(), spans=(), context_length=context_length, special=tuple(range(context_length)),
+                               template=tuple(template))

@@ -12,12 +12,26 @@ same tokens), so the clone's tokenizer is a `TextTokenizer`, which calls the
 shared tokenizer as is and remembers, for the token lists it returns, the prompt
 text's words tokenized one by one with ComfyUI's own prompt parser. The original
 CLIP's tokenizer is not touched.
+
+LLM text encoders (Qwen2.5-VL for Qwen-Image, Qwen3 for Z-Image, Mistral 3 for
+Flux 2; `LLM_ENCODERS`) tokenize the prompt inside a chat template, and ComfyUI
+turns its ``(word:1.2)`` parsing off for them (the syntax reaches the LLM as
+text). The `TextTokenizer` remembers the template text, so the layout tells the
+template's tokens from the prompt's words; with weight_mode ``attention`` or
+``both`` it parses ``(word:w)`` itself, hands the LLM the prompt without the
+syntax, and gives the word's tokens the weight, which then acts in attention
+only (ComfyUI has no embedding interpolation for these encoders). Their
+self-attention (``comfy.text_encoders.llama.Attention``) calls the attention
+function ComfyUI passes down, as CLIP's and T5's do, so capture and attention
+weights work the same way. umT5 (Wan) and Gemma 2 (Lumina 2) are sentencepiece
+encoders like T5, with ComfyUI's own weight parsing.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import unicodedata
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -32,8 +46,13 @@ from ..attention.tokens import (
     Stream,
     TokenLayout,
     build_layout,
+    char_spans,
     context_offsets,
+    piece_bytes,
+    piece_label,
+    split_words,
     stream_length,
+    tokens_text,
     words_from_text,
 )
 from .probe_types import Shared
@@ -42,7 +61,18 @@ log = logging.getLogger(__name__)
 
 RECORD_KEY = "enfoque_text_record"
 ENCODERS = (("l", "clip_l"), ("g", "clip_g"), ("t5xxl", "t5xxl"))
+# (token key, attribute of the tokenizer and of the encoder): ComfyUI names both after the model
+LLM_ENCODERS = (("qwen25_7b", "qwen25_7b"), ("qwen3_4b", "qwen3_4b"), ("mistral3_24b", "mistral3_24b"),
+                ("umt5xxl", "umt5xxl"), ("gemma2_2b", "gemma2_2b"))
+ALL_ENCODERS = ENCODERS + LLM_ENCODERS
+KINDS = {"l": "bpe", "g": "bpe", "t5xxl": "sentencepiece", "umt5xxl": "sentencepiece",
+         "gemma2_2b": "sentencepiece", "qwen25_7b": "bytelevel", "qwen3_4b": "bytelevel",
+         "mistral3_24b": "bytelevel"}
+ENCODER_NAMES = {"l": "CLIP-L", "g": "CLIP-G", "t5xxl": "T5-XXL", "umt5xxl": "umT5-XXL", "gemma2_2b": "Gemma 2",
+                 "qwen25_7b": "Qwen2.5-VL", "qwen3_4b": "Qwen3", "mistral3_24b": "Mistral 3"}
 ATTENTION_CLASSES = ("CLIPAttention", "T5Attention")
+LLM_ATTENTION = ("comfy.text_encoders.llama", "Attention")  # module and class of ComfyUI's LLM self-attention
+LUMINA_PROMPT_START = "<Prompt Start>"  # CLIPTextEncodeLumina2 joins its system prompt and the prompt by this
 _PYTORCH = {comfy_attention.attention_pytorch,
             getattr(comfy_attention.attention_pytorch, "__wrapped__", comfy_attention.attention_pytorch)}
 MAX_RECORDS = 8
@@ -113,6 +143,17 @@ class EncodeState:
         return self.reweights[cache_key]
 
 
+@dataclass(frozen=True)
+class LLMText:
+    """What an LLM tokenizer was given: the text it tokenized (chat template included), the character
+    span of the user's prompt in it, and the template strings it may have used (for the layout's
+    fallback when the text is not known)."""
+
+    text: str | None
+    prompt: tuple[int, int] | None
+    templates: tuple[str, ...] = ()
+
+
 class ClipProbe(Shared):
     """ENFOQUE_PROBE from EnfoquePatchCLIP: the last few encodes' token x token maps."""
 
@@ -124,17 +165,19 @@ class ClipProbe(Shared):
         self.state: EncodeState | None = None
         self.records: OrderedDict[str, TextRecord] = OrderedDict()
         self.layers: dict[str, int] = {}  # attention layers per encoder
-        # id(token list) -> (that list, its text's words as token ids), newest last
-        self.texts: OrderedDict[int, tuple[list, tuple[tuple[int, ...], ...]]] = OrderedDict()
+        # id(token list) -> (that list, its text's words as token ids or an LLMText), newest last
+        self.texts: OrderedDict[int, tuple[list, object]] = OrderedDict()
+        self.attention_only: set[str] = set()  # encoders whose weights Enfoque parsed: they act in attention only
 
-    def remember_text(self, chunks: list, words: tuple[tuple[int, ...], ...]) -> None:
+    def remember_text(self, chunks: list, words) -> None:
         self.texts[id(chunks)] = (chunks, words)
         self.texts.move_to_end(id(chunks))
         while len(self.texts) > MAX_TEXTS:
             self.texts.popitem(last=False)
 
-    def text_words(self, chunks) -> tuple[tuple[int, ...], ...] | None:
-        """The text words of a token list this probe's tokenizer returned (the very same list object)."""
+    def text_words(self, chunks):
+        """What this probe's tokenizer remembers of a token list it returned (the very same list object):
+        its text's words as token ids, or for an LLM tokenizer an `LLMText`."""
         hit = self.texts.get(id(chunks))
         return hit[1] if hit is not None and hit[0] is chunks else None
 
@@ -147,14 +190,101 @@ class ClipProbe(Shared):
 
 
 def _sub_tokenizer(tokenizer, attr: str, key: str):
-    return getattr(tokenizer, attr, None) or getattr(tokenizer, key, None)
+    # SD1Tokenizer names its tokenizer "clip_<name>" unless given a name (Chroma's PixArt T5: clip_t5xxl)
+    return getattr(tokenizer, attr, None) or getattr(tokenizer, key, None) or getattr(tokenizer, f"clip_{key}", None)
 
 
 def _stream(key: str, chunks: list, tok, text_words=None) -> Stream:
-    kind = "sentencepiece" if key.startswith("t5") else "bpe"
+    kind = KINDS.get(key, "sentencepiece" if "t5" in key else "bpe")
+    extra = {}
+    if isinstance(text_words, LLMText):
+        extra = {"text": text_words.text, "prompt": text_words.prompt, "templates": text_words.templates}
+        text_words = None
+    extra["pad"] = getattr(tok, "pad_token", None)
     return Stream(key=key, chunks=chunks, pieces=tok.inv_vocab, kind=kind,
                   start=getattr(tok, "start_token", None), end=getattr(tok, "end_token", None),
-                  text_words=text_words)
+                  text_words=text_words, **extra)
+
+
+def templates_of(tokenizer, kwargs: dict | None = None) -> tuple[str, ...]:
+    """The chat templates an LLM tokenizer wraps a prompt in (``llama_template``, ComfyUI's attribute and
+    keyword, and Qwen-Image's template for prompts with images), most likely first."""
+    kwargs = kwargs or {}
+    out = []
+    if isinstance(kwargs.get("llama_template"), str):
+        out.append(kwargs["llama_template"])
+    if kwargs.get("images") and isinstance(getattr(tokenizer, "llama_template_images", None), str):
+        out.append(tokenizer.llama_template_images)
+    for attr in ("llama_template", "llama_template_images"):
+        t = getattr(tokenizer, attr, None)
+        if isinstance(t, str) and t not in out:
+            out.append(t)
+    return tuple(t for t in out if t.count("{}") == 1)
+
+
+def llm_text(tokenizer, sub, key: str, chunks: list, prompt: str, kwargs: dict | None = None) -> LLMText:
+    """Which text an LLM tokenizer tokenized for ``prompt``: the template that, filled with the prompt,
+    spells exactly its tokens (ComfyUI skips the template for a prompt that starts with one, and may
+    replace an empty prompt by a space); unknown (None) when none does."""
+    templates = templates_of(tokenizer, kwargs)
+    seen = tokens_text(_stream(key, chunks, sub))
+    if seen is not None:
+        for tpl in templates:
+            for p in (prompt, " " if prompt == "" else None):
+                if p is None:
+                    continue
+                pre = tpl.split("{}")[0]
+                full = tpl.format(p)
+                if unicodedata.normalize("NFC", full) == seen:
+                    return LLMText(full, (len(pre), len(pre) + len(p)), templates)
+        if unicodedata.normalize("NFC", prompt) == seen:
+            return LLMText(prompt, (0, len(prompt)), templates)
+    return LLMText(None, None, templates)
+
+
+def parse_weighted(text: str) -> tuple[str, list[tuple[int, int, float]]]:
+    """ComfyUI's ``(word:1.2)`` syntax read by ComfyUI's own parser: the text without it, and the
+    character spans of its weighted parts (weight != 1) in that text."""
+    plain, spans = [], []
+    pos = 0
+    for seg, w in sd1_clip.token_weights(sd1_clip.escape_important(text), 1.0):
+        seg = sd1_clip.unescape_important(seg)
+        if w != 1.0:
+            spans.append((pos, pos + len(seg), float(w)))
+        plain.append(seg)
+        pos += len(seg)
+    return "".join(plain), spans
+
+
+def weigh_tokens(chunks: list, sub, key: str, llm: LLMText, spans: list[tuple[int, int, float]]) -> list:
+    """The token lists with the weight of the prompt part each token's characters fall in (the prompt
+    starts at ``llm.prompt[0]`` of the tokenized text); template tokens keep 1."""
+    stream = _stream(key, chunks, sub)
+    flat = [it for c in chunks for it in c]
+    skip = {stream.start, stream.pad} - {None}  # ComfyUI's start token and padding are not in the text
+    pieces = [piece_bytes(stream.pieces.get(it[0], ""), "bytelevel")
+              if isinstance(it[0], int) and it[0] not in skip else b"" for it in flat]
+    got = char_spans(pieces)
+    if got is None or llm.prompt is None or got[0] != unicodedata.normalize("NFC", llm.text or ""):
+        return chunks
+    _, token_spans = got
+    a0 = llm.prompt[0]
+    weights = []
+    for c0, c1 in token_spans:
+        w = 1.0
+        for a, b, wt in spans:
+            if c0 < a0 + b and a0 + a < c1:
+                w = wt
+                break
+        weights.append(w)
+    out, k = [], 0
+    for c in chunks:
+        row = []
+        for it in c:
+            row.append((it[0], weights[k], *it[2:]))
+            k += 1
+        out.append(row)
+    return out
 
 
 def text_word_ids(tok, text: str, disable_weights: bool = False) -> tuple[tuple[int, ...], ...] | None:
@@ -196,15 +326,42 @@ class TextTokenizer(Shared):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
+    def _llm_keys(self) -> list[tuple[str, object]]:
+        return [(key, tok) for key, attr in LLM_ENCODERS if KINDS[key] == "bytelevel"
+                and (tok := _sub_tokenizer(self.inner, attr, key)) is not None]
+
     def tokenize_with_weights(self, text, return_word_ids=False, **kwargs):
-        out = self.inner.tokenize_with_weights(text, return_word_ids, **kwargs)
-        if isinstance(out, dict):
-            for key, attr in ENCODERS:
-                chunks, tok = out.get(key), _sub_tokenizer(self.inner, attr, key)
-                if isinstance(chunks, list) and tok is not None:
-                    words = text_word_ids(tok, text, bool(kwargs.get("disable_weights", False)))
-                    if words is not None:
-                        self.probe.remember_text(chunks, words)
+        llm = self._llm_keys() if isinstance(text, str) else []
+        prompt, spans = text, []
+        if llm and self.probe.weight_mode != "comfy" and not kwargs.get("disable_weights", False):
+            prompt, spans = parse_weighted(text)
+        out = self.inner.tokenize_with_weights(prompt, return_word_ids, **kwargs)
+        if not isinstance(out, dict):
+            return out
+        for key, attr in ENCODERS:
+            chunks, tok = out.get(key), _sub_tokenizer(self.inner, attr, key)
+            if isinstance(chunks, list) and tok is not None:
+                words = text_word_ids(tok, text, bool(kwargs.get("disable_weights", False)))
+                if words is not None:
+                    self.probe.remember_text(chunks, words)
+        for key, attr in LLM_ENCODERS:
+            chunks, tok = out.get(key), _sub_tokenizer(self.inner, attr, key)
+            if not isinstance(chunks, list) or tok is None:
+                continue
+            if KINDS[key] == "bytelevel":
+                info = llm_text(self.inner, tok, key, chunks, prompt, kwargs)
+                if spans and info.text is not None:
+                    chunks = out[key] = weigh_tokens(chunks, tok, key, info, spans)
+                    self.probe.attention_only.add(key)
+                self.probe.remember_text(chunks, info)
+            else:  # umT5, Gemma 2: sentencepiece, ComfyUI parses their weights
+                words = text_word_ids(tok, text, bool(kwargs.get("disable_weights", False)))
+                start = text.find(LUMINA_PROMPT_START) if key == "gemma2_2b" else -1
+                if words is not None and start >= 0:  # Lumina 2's system prompt: template, not words
+                    info = LLMText(text, (start + len(LUMINA_PROMPT_START), len(text)))
+                    self.probe.remember_text(chunks, (words, info))
+                elif words is not None:
+                    self.probe.remember_text(chunks, words)
         return out
 
     def state_dict(self):
@@ -216,17 +373,31 @@ def token_streams(tokens, tokenizer, present: set[str] | None, probe: ClipProbe 
     """The encoder streams of ``tokens`` (what a tokenizer returned) that reach the model's encoders, with
     the words of their text: ``text`` itself, or what ``probe``'s tokenizer remembers of these tokens."""
     streams = []
-    for key, attr in ENCODERS:
+    for key, attr in ALL_ENCODERS:
         if present is not None and key not in present:
             continue
         chunks = tokens.get(key) if isinstance(tokens, dict) else None
         tok = _sub_tokenizer(tokenizer, attr, key)
-        if chunks and tok is not None and hasattr(tok, "inv_vocab"):
-            if text is not None:
-                words = text_word_ids(tok, text)
-            else:
-                words = probe.text_words(chunks) if probe is not None else None
-            streams.append(_stream(key, chunks, tok, words))
+        if not chunks or tok is None or not hasattr(tok, "inv_vocab"):
+            continue
+        if text is not None and KINDS.get(key) == "bytelevel":
+            words = llm_text(tokenizer, tok, key, chunks, text)
+        elif text is not None:
+            words = text_word_ids(tok, text)
+            start = text.find(LUMINA_PROMPT_START) if key == "gemma2_2b" else -1
+            if words is not None and start >= 0:
+                words = (words, LLMText(text, (start + len(LUMINA_PROMPT_START), len(text))))
+        else:
+            words = probe.text_words(chunks) if probe is not None else None
+            if words is None and KINDS.get(key) == "bytelevel":  # not tokenized here: find the template
+                words = LLMText(None, None, templates_of(tokenizer))
+        info = None
+        if isinstance(words, tuple) and len(words) == 2 and isinstance(words[1], LLMText):
+            words, info = words
+        stream = _stream(key, chunks, tok, words)
+        if info is not None:
+            stream = replace(stream, text=info.text, prompt=info.prompt)
+        streams.append(stream)
     return streams
 
 
@@ -240,8 +411,12 @@ def layout_of(streams: list[Stream], context_length: int) -> TokenLayout | None:
 
 
 def _labels(stream: Stream) -> list[str]:
+    """One label per token: its piece, ``<start>``/``<end>``, and a chat-template token in brackets."""
+    template = set(split_words(stream)[1])
     out = []
+    flat = 0
     for chunk in stream.chunks:
+        ended = False
         for item in chunk:
             t = item[0]
             if not isinstance(t, int):
@@ -250,8 +425,15 @@ def _labels(stream: Stream) -> list[str]:
                 out.append("<start>")
             elif t == stream.end:
                 out.append("<end>")
+                ended = True
+            elif ended or (stream.pad is not None and t == stream.pad):
+                out.append("<pad>")
+            elif stream.kind == "bytelevel" or flat in template:
+                label = piece_label(stream.pieces.get(t, str(t)), stream.kind)
+                out.append(f"[{label}]" if flat in template else label)
             else:
                 out.append(stream.pieces.get(t, str(t)).replace("</w>", "").replace("▁", "") or "_")
+            flat += 1
     return out
 
 
@@ -274,6 +456,7 @@ class EncodeTokenWeights(Shared):
                        "its prompt text's words do not tokenize to these tokens")
                 log.info("Enfoque: %s: word boundaries read from the tokens alone, as %s", s.key, why)
         weights = {}
+        attention_only = {s.key for s in streams if s.key in probe.attention_only}
         if probe.weight_mode in ("attention", "both"):
             for s in streams:
                 w = torch.tensor([[float(it[1]) for it in c] for c in s.chunks], dtype=torch.float32)
@@ -290,8 +473,11 @@ class EncodeTokenWeights(Shared):
                 if bool((w != 1.0).any()):
                     weights[s.key] = w
         pairs = token_weight_pairs
-        if probe.weight_mode == "attention" and isinstance(token_weight_pairs, dict):
-            pairs = {k: [[(it[0], 1.0, *it[2:]) for it in c] for c in v] if k in {s.key for s in streams} else v
+        # attention mode: the encode itself sees no weights; weights Enfoque parsed for an LLM encoder never
+        # reach ComfyUI's encode (ComfyUI reads no weights for these encoders)
+        flat = {s.key for s in streams} if probe.weight_mode == "attention" else attention_only
+        if flat and isinstance(token_weight_pairs, dict):
+            pairs = {k: [[(it[0], 1.0, *it[2:]) for it in c] for c in v] if k in flat else v
                      for k, v in token_weight_pairs.items()}
         probe.state = EncodeState(weights=weights, capture=probe.capture)
         try:
@@ -339,15 +525,18 @@ class AttentionForward(Shared):
     def _wrap(self, func, state: EncodeState):
         def attention(q, k, v, heads, mask=None, **kw):
             rows = q.shape[0]
-            reweight = state.reweight(self.key, rows, k.shape[1], q.device)
-            capture = state.wants_capture(self.key, k.shape[1], self.probe.layers.get(self.key, 1))
-            caps = [Capture(slice(0, 1), torch.arange(k.shape[1], device=q.device))] if capture else []
+            skip = bool(kw.get("skip_reshape", False))  # the LLMs hand q/k/v as [B, heads, tokens, dim]
+            n_k, n_q = (k.shape[2], q.shape[2]) if skip else (k.shape[1], q.shape[1])
+            reweight = state.reweight(self.key, rows, n_k, q.device)
+            capture = state.wants_capture(self.key, n_k, self.probe.layers.get(self.key, 1))
+            caps = [Capture(slice(0, 1), torch.arange(n_k, device=q.device))] if capture else []
 
             def compute_out(q_, k_, v_, m_):
                 return func(q_, k_, v_, heads, m_, **kw)
 
-            out, maps = attend(q, k, v, heads, mask=mask, reweight=reweight, captures=caps,
-                               query_range=(0, q.shape[1]),
+            out, maps = attend(q, k, v, heads, mask=mask, skip_reshape=skip,
+                               skip_output_reshape=bool(kw.get("skip_output_reshape", False)),
+                               reweight=reweight, captures=caps, query_range=(0, n_q),
                                compute_out=None if (func in _PYTORCH and caps) else compute_out)
             if maps:
                 state.maps[self.key].layers.append(maps[0] / heads)
@@ -365,15 +554,15 @@ def install(clip, weight_mode: str, capture: bool):
     csm = c.cond_stage_model
     # the patcher's view, not the live module: another clone's patches may still be applied to it
     original = c.patcher.get_model_object("encode_token_weights")
-    present = {key for key, attr in ENCODERS if getattr(csm, attr, None) is not None}
+    present = {key for key, attr in ALL_ENCODERS if getattr(csm, attr, None) is not None}
     c.patcher.add_object_patch("encode_token_weights", EncodeTokenWeights(probe, original, c.tokenizer.inner, present))
     found = 0
-    for key, attr in ENCODERS:
+    for key, attr in ALL_ENCODERS:
         enc = getattr(csm, attr, None)
         if enc is None:
             continue
         for name, mod in enc.named_modules():
-            if type(mod).__name__ in ATTENTION_CLASSES:
+            if is_self_attention(mod):
                 path = f"{attr}.{name}.forward"
                 if path not in c.patcher.object_patches:
                     c.patcher.add_object_patch(path, AttentionForward(probe, mod, key))
@@ -381,7 +570,18 @@ def install(clip, weight_mode: str, capture: bool):
                     found += 1
     if found == 0:
         raise ValueError(
-            "Enfoque Patch CLIP: this CLIP has no CLIP-L, CLIP-G or T5 encoder Enfoque knows; "
-            "supported: the encoders of SD1.5, SDXL, SD3/SD3.5 and Flux"
+            "Enfoque Patch CLIP: this CLIP has no text encoder Enfoque knows; supported: "
+            f"{', '.join(ENCODER_NAMES.values())} (the encoders of SD1.5, SDXL, SD3/SD3.5, Flux, Flux 2, "
+            "Chroma, Qwen-Image, Z-Image, Lumina 2 and Wan). Connect the CLIP of one of them"
         )
     return c, probe
+
+
+def is_self_attention(mod: torch.nn.Module) -> bool:
+    """A text encoder self-attention module whose ``forward`` takes the attention function ComfyUI passes
+    down: CLIP's, T5's (umT5), and ComfyUI's LLM attention (Qwen, Mistral, Gemma)."""
+    cls = type(mod)
+    if cls.__name__ in ATTENTION_CLASSES:
+        return True
+    return (cls.__module__, cls.__name__) == LLM_ATTENTION and \
+        "optimized_attention" in inspect.signature(cls.forward).parameters

@@ -7,9 +7,11 @@ prefix ComfyUI adds to every route) with a JSON object ``{"text": "...",
 layout of an encode of that text will have for that model family, so the
 EnfoqueTokenWeights chips offer exactly the words its ``weights`` can name.
 
-``family`` is one of ``FAMILIES`` (sd15, sdxl, sd3, flux; the CLIP loaders'
-type names stable_diffusion, sdxl, sd3, flux are accepted too); without it,
-sd15 (CLIP-L alone). The frontend sends the family it can read from the graph.
+``family`` is one of ``FAMILIES`` (sd15, sdxl, sd3, flux, flux2, qwen_image,
+z_image, lumina2, chroma, wan; the CLIP loaders' type names stable_diffusion,
+sdxl, sd3, flux, flux2, qwen_image, lumina2, chroma, wan are accepted too);
+without it, sd15 (CLIP-L alone). The frontend sends the family it can read from
+the graph.
 
 How the words are found (kept honest): the family's own ComfyUI tokenizer
 (``SD1Tokenizer``, ``SDXLTokenizer``, ``SD3Tokenizer`` with CLIP-L, CLIP-G and
@@ -19,7 +21,13 @@ ComfyUI's prompt syntax (``(red cat:1.2)``, escapes, ``embedding:name``,
 77-token chunks) is parsed as in a real encode; then the layout is built from
 those tokens by the very code EnfoquePatchCLIP's encode runs
 (``clip_hooks.token_streams`` and ``layout_of``), with the encoders that reach
-the family's context (Flux: T5; SD3: CLIP and T5; SD1.5/SDXL: CLIP).
+the family's context (Flux: T5; SD3: CLIP and T5; SD1.5/SDXL: CLIP; Qwen-Image
+and Z-Image: their Qwen tokenizer with its chat template, whose tokens are no
+words; Chroma: T5). Flux 2, Wan and Lumina 2 ship their tokenizer inside the
+text-encoder file, which this route does not load: their words are the prompt's
+words by the rule every layout of an LLM or sentencepiece encoder follows (the
+text's whitespace words less edge punctuation, after ComfyUI's own ``(word:w)``
+parser), answered with ``"tokenizer": "text"``.
 
 Input is validated (a JSON object whose ``text`` is a string and ``family``,
 if given, a known family) and the body is limited to ``MAX_BODY_BYTES``: 400
@@ -63,8 +71,16 @@ FAMILIES = {
     "sdxl": ("comfy.sdxl_clip", "SDXLTokenizer", ("l", "g")),
     "sd3": ("comfy.text_encoders.sd3_clip", "SD3Tokenizer", ("l", "g", "t5xxl")),
     "flux": ("comfy.text_encoders.flux", "FluxTokenizer", ("l", "t5xxl")),
+    "chroma": ("comfy.text_encoders.pixart_t5", "PixArtTokenizer", ("t5xxl",)),
+    "qwen_image": ("comfy.text_encoders.qwen_image", "QwenImageTokenizer", ("qwen25_7b",)),
+    "z_image": ("comfy.text_encoders.z_image", "ZImageTokenizer", ("qwen3_4b",)),
+    # tokenizers that come inside the text-encoder file: words from the text
+    "flux2": (None, None, ("mistral3_24b",)),
+    "wan": (None, None, ("umt5xxl",)),
+    "lumina2": (None, None, ("gemma2_2b",)),
 }
-ALIASES = {"stable_diffusion": "sd15", "sd1": "sd15", "sd1.5": "sd15"}
+ALIASES = {"stable_diffusion": "sd15", "sd1": "sd15", "sd1.5": "sd15", "qwen": "qwen_image", "zimage": "z_image",
+           "wan2.1": "wan", "wan2.2": "wan", "flux.2": "flux2"}
 _TOKENIZER_NAMES = {"l": "clip_l", "g": "clip_g", "t5xxl": "t5xxl"}
 
 
@@ -87,11 +103,29 @@ def _tokenizer(family: str):
     return cls(embedding_directory=folder_paths.get_folder_paths("embeddings"))
 
 
+def text_only_words(text: str, family: str) -> dict:
+    """Words of a family whose tokenizer comes with its text-encoder file: the prompt's words after ComfyUI's
+    ``(word:w)`` parser, as every LLM and sentencepiece layout has them (``tokens.text_words``)."""
+    from ..attention.tokens import text_words
+    from .clip_hooks import parse_weighted  # imports comfy: only when asked
+
+    plain, _ = parse_weighted(text)
+    _, _, keys = FAMILIES[family]
+    return {"words": [w for w, _, _ in text_words(plain)], "family": family, "tokenizer": "text",
+            "encoders": list(keys), "chunks": 1}
+
+
 def prompt_words(text: str, family: str = "sd15") -> dict:
     """The words of the token layout an encode of ``text`` gets for this model family."""
     from .clip_hooks import layout_of, token_streams  # imports comfy: only when asked
 
-    _, _, in_context = FAMILIES[family]
+    module, _, in_context = FAMILIES[family]
+    if module is None:
+        return text_only_words(text, family)
+    if in_context[0] not in _TOKENIZER_NAMES:  # ComfyUI passes (word:w) to an LLM as text; Enfoque Patch
+        from .clip_hooks import parse_weighted  # CLIP (attention, both) reads it and hands the LLM the rest
+
+        text = parse_weighted(text)[0]
     with _lock:  # the tokenizers are not documented as thread-safe
         tok = _tokenizer(family)
         tokens = tok.tokenize_with_weights(text)
@@ -99,12 +133,14 @@ def prompt_words(text: str, family: str = "sd15") -> dict:
     lengths = {s.key: sum(len(c) for c in s.chunks) for s in streams}
     clip = max((lengths[k] for k in ("l", "g") if k in lengths), default=0)
     t5 = lengths.get("t5xxl", 0)
-    context = t5 if family == "flux" else clip + t5
+    context = t5 if family in ("flux", "chroma") else clip + t5
+    if in_context[0] not in _TOKENIZER_NAMES:  # one LLM stream: its template's tokens stay in the context
+        context = lengths.get(in_context[0], 0)
     layout = layout_of(streams, context)
     words_out = list(layout.words) if layout is not None else []
-    primary = "t5xxl" if family == "flux" else "l"
+    primary = "t5xxl" if family in ("flux", "chroma") else "l" if "l" in in_context else in_context[0]
     chunks = next((len(s.chunks) for s in streams if s.key == primary), 0)
-    return {"words": words_out, "family": family, "tokenizer": _TOKENIZER_NAMES[primary],
+    return {"words": words_out, "family": family, "tokenizer": _TOKENIZER_NAMES.get(primary, primary),
             "encoders": [s.key for s in streams], "chunks": chunks}
 
 

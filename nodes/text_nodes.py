@@ -8,7 +8,7 @@ from comfy_api.latest import io
 from ..attention.maps import AttentionMaps
 from ..attention.render import token_matrix_image
 from ..attention.tokens import LAYOUT_KEY, brief, parse_word_weights
-from .clip_hooks import RECORD_KEY, ClipProbe, install
+from .clip_hooks import ENCODER_NAMES, RECORD_KEY, ClipProbe, install
 from .model_nodes import CATEGORY
 from .types import (
     PATCH_CLIP,
@@ -21,7 +21,7 @@ from .types import (
 )
 
 NEEDS_PATCHED_CLIP = f"Put {PATCH_CLIP} before the text encode so the conditioning knows its words."
-ENCODERS = {"l": "CLIP-L", "g": "CLIP-G", "t5xxl": "T5-XXL"}
+ENCODERS = ENCODER_NAMES  # token key -> encoder name
 
 
 class EnfoquePatchCLIP(io.ComfyNode):
@@ -31,9 +31,11 @@ class EnfoquePatchCLIP(io.ComfyNode):
             node_id="EnfoquePatchCLIP",
             display_name=PATCH_CLIP,
             category=CATEGORY,
-            description="Instruments CLIP-L, CLIP-G and T5: (word:w) weights act on the encoder's self-attention "
-            "keys, token x token maps are recorded, and every encode writes the prompt's token layout onto the "
-            f"conditioning so {PATCH_MODEL} can label maps with words and reweight them.",
+            description="Instruments CLIP-L, CLIP-G, T5 and umT5, and the LLM text encoders of Flux 2, Qwen-Image, "
+            "Z-Image and Lumina 2: (word:w) weights act on the encoder's self-attention keys, token x token maps "
+            "are recorded, and every encode writes the prompt's token layout (chat-template tokens told apart "
+            f"from the prompt's words) onto the conditioning so {PATCH_MODEL} can label maps with words and "
+            "reweight them.",
             inputs=[
                 io.Clip.Input("clip"),
                 io.Combo.Input(
@@ -122,9 +124,11 @@ class EnfoqueTextAttentionMaps(io.ComfyNode):
             inputs=[
                 ClipProbeType.Input("probe", tooltip=f"The probe output of {PATCH_CLIP}."),
                 io.Conditioning.Input("conditioning", tooltip="The prompt encoded with that patched CLIP."),
-                io.Combo.Input("encoder", options=["auto", "l", "g", "t5xxl"], default="auto", optional=True,
-                               tooltip="Which text encoder: l = CLIP-L, g = CLIP-G, t5xxl = T5-XXL; auto = the "
-                               "first one that ran (CLIP-L, then CLIP-G, then T5-XXL)."),
+                io.Combo.Input("encoder", options=["auto", *ENCODERS], default="auto", optional=True,
+                               tooltip="Which text encoder: l = CLIP-L, g = CLIP-G, t5xxl = T5-XXL, and the LLM "
+                               "and umT5 encoders of Flux 2 (mistral3_24b), Qwen-Image (qwen25_7b), Z-Image "
+                               "(qwen3_4b), Lumina 2 (gemma2_2b) and Wan (umt5xxl); auto = the first one that ran "
+                               "(CLIP-L, then CLIP-G, then T5-XXL, then the others)."),
                 io.Int.Input("layer", default=-1, min=-1, max=128, optional=True,
                              tooltip="-1 = mean over all layers; otherwise that layer."),
                 io.Combo.Input("level", options=["words", "tokens"], default="words", optional=True,
@@ -140,9 +144,9 @@ class EnfoqueTextAttentionMaps(io.ComfyNode):
             got = f"a probe of {PATCH_MODEL}" if getattr(probe, "kind", None) == "model" else type(probe).__name__
             raise ValueError(f"{node}: probe is {got}, not the probe of {PATCH_CLIP}; connect the probe output "
                              f"of {PATCH_CLIP}.")
-        if encoder not in ("auto", "l", "g", "t5xxl"):
-            raise ValueError(f"{node}: encoder {brief(encoder)!r} is not an option; options: auto, l, g, t5xxl. "
-                             "Pick one of them.")
+        if encoder not in ("auto", *ENCODERS):
+            raise ValueError(f"{node}: encoder {brief(encoder)!r} is not an option; options: auto, "
+                             f"{', '.join(ENCODERS)}. Pick one of them.")
         if level not in ("words", "tokens"):
             raise ValueError(f"{node}: level {brief(level)!r} is not an option; options: words, tokens. "
                              "Pick one of them.")
@@ -157,7 +161,7 @@ class EnfoqueTextAttentionMaps(io.ComfyNode):
         if rec is None:
             raise ValueError(f"{node}: the maps of this encode are no longer kept (the probe keeps the last few "
                              "encodes); run the text encode again.")
-        keys = [k for k in ("l", "g", "t5xxl") if k in rec.maps]
+        keys = [k for k in ENCODERS if k in rec.maps]
         key = keys[0] if encoder == "auto" and keys else encoder
         skipped = rec.skipped
         if key not in rec.maps and (key in skipped or (key == "auto" and skipped)):
