@@ -1,6 +1,7 @@
 """``tools/gpu_check.sh --dry-run``: the GPU check's whole plan on the CPU at tiny sizes, so that the
 script runs unchanged the first time a GPU is at hand (about a minute here)."""
 
+import os
 import re
 import subprocess
 import sys
@@ -15,8 +16,9 @@ STEPS = ["probe", "cuda-tests", "engine-bench", "sampling-bench", "real-size"]
 
 
 def test_gpu_check_dry_run(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable)  # this interpreter: the one the tests run with
     res = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     reports = list(tmp_path.glob("gpu-check-*-dry-run.md"))
     assert len(reports) == 1, reports

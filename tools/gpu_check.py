@@ -56,8 +56,8 @@ def plan(dry: bool, py: str) -> list[dict]:
     tiny = dry
     steps = [
         {"name": "probe", "cmd": [py, str(Path(__file__)), "--probe", "--device", dev], "limit": 120},
-        {"name": "cuda-tests", "limit": 240,
-         "cmd": [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_cuda.py"],
+        {"name": "cuda-tests", "limit": 300,
+         "cmd": [py, "-m", "pytest", "-q", "-rs", "--durations=8", "-p", "no:cacheprovider", "tests/test_cuda.py"],
          "env": {"ENFOQUE_GPU_CHECK_DEVICE": dev}},
         {"name": "engine-bench", "limit": 150,
          "cmd": [py, "benchmarks/attention_bench.py", "--device", dev, "--no-peak"] + (
