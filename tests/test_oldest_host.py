@@ -56,7 +56,27 @@ HARDENING = [
         "test_hires_fix_graph", "test_no_tensors_kept_after_a_run", "test_interrupted_and_failed_runs_leave_nothing",
     )
 ]
-SUBSET = ["test_host_basics.py", "test_model_probe.py", "test_text_encoders.py", "test_output_nodes.py", *HARDENING]
+# Step 13's families that ComfyUI 0.3.64 has (it has no Flux 2 and no Z-Image)
+OLDEST_FAMILIES = ("qwen_image", "chroma", "wan", "lumina2")
+FAMILIES = [
+    f"test_families.py::{test}[{name}]"
+    for test in ("test_capture_is_neutral_and_maps_have_the_words", "test_maps_equal_naive_reference",
+                 "test_layout_matches_comfy_tokenizer_ids", "test_tokenize_route_gives_the_layout_words")
+    for name in OLDEST_FAMILIES
+] + [
+    f"test_families.py::test_weights_act_on_the_captured_columns[{name}-{mode}]"
+    for name in OLDEST_FAMILIES for mode in ("bias", "scale")
+] + [
+    f"test_families.py::{name}"
+    for name in ("test_token_weights_on_an_llm_prompt_reach_the_model", "test_wan_maps_have_one_frame_per_latent_frame",
+                 "test_a_known_family_that_records_nothing_says_why", "test_unknown_family_is_refused",
+                 "test_lumina2_system_prompt_is_template",
+                 "test_patch_clip_on_llm_encoders_captures_exact_maps[qwen_image]",
+                 "test_patch_clip_on_llm_encoders_captures_exact_maps[lumina2]",
+                 "test_prompt_weights_on_llm_encoders[qwen_image]")
+]
+SUBSET = ["test_host_basics.py", "test_model_probe.py", "test_text_encoders.py", "test_output_nodes.py", *HARDENING,
+          *FAMILIES]
 
 
 def find_oldest() -> tuple[Path | None, str]:
