@@ -37,6 +37,7 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "CheckpointLoaderSimple": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
     "TripleCLIPLoader": ([], [("CLIP", "CLIP")]),
     "DualCLIPLoader": ([], [("CLIP", "CLIP")]),
+    "CLIPLoader": ([], [("CLIP", "CLIP")]),
     "UNETLoader": ([], [("MODEL", "MODEL")]),
     "VAELoader": ([], [("VAE", "VAE")]),
     "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
@@ -44,6 +45,8 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "ModelSamplingSD3": ([("model", "MODEL")], [("MODEL", "MODEL")]),
     "EmptySD3LatentImage": ([], [("LATENT", "LATENT")]),
     "EmptyLatentImage": ([], [("LATENT", "LATENT")]),
+    "EmptyFlux2LatentImage": ([], [("LATENT", "LATENT")]),
+    "EmptyHunyuanLatentVideo": ([], [("LATENT", "LATENT")]),
     "KSampler": (
         [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
         [("LATENT", "LATENT")],
@@ -66,6 +69,7 @@ SIZES = {
     "CheckpointLoaderSimple": (340, 100),
     "TripleCLIPLoader": (340, 110),
     "DualCLIPLoader": (340, 130),
+    "CLIPLoader": (340, 106),
     "UNETLoader": (340, 82),
     "VAELoader": (340, 60),
     "EnfoquePatchCLIP": (340, 80),
@@ -76,6 +80,8 @@ SIZES = {
     "EnfoquePatchModel": (340, 290),
     "EmptySD3LatentImage": (340, 110),
     "EmptyLatentImage": (340, 110),
+    "EmptyFlux2LatentImage": (340, 110),
+    "EmptyHunyuanLatentVideo": (340, 134),
     "KSampler": (340, 262),
     "VAEDecode": (220, 50),
     "SaveImage": (420, 470),
@@ -425,7 +431,122 @@ def sdxl() -> Template:
     return Template("SDXL - word weights inside attention", "", nodes, links)
 
 
-TEMPLATES = [sd35, flux, sdxl, sd35_steps]
+# --------------------------------------------------------------------------- Step 13's families
+# Model files as ComfyUI's own examples name them; each family's text-encoder type on CLIPLoader.
+
+
+def dit_template(name: str, title: str, files: list[str], unet: str, clip: str, clip_type: str, vae: str,
+                 prompt: str, words: str, stem: str, latent: str, sampler: list, mask_word: str,
+                 guidance: float | None = None, extra: str = "", note_h: int = 760) -> Template:
+    """A text-to-image DiT graph: UNETLoader, CLIPLoader and VAELoader, the two prompts (the positive one
+    through FluxGuidance where the model is guidance-distilled), the sampler and the usual Look group."""
+    look, look_links = look_nodes(words, stem, mask_word)
+    between = Node("guide", "FluxGuidance", [guidance], "Encode") if guidance is not None else None
+    nodes = [
+        note(title, files, ["EnfoquePatchCLIP", "EnfoquePatchModel", *LOOK], note_h, extra),
+        Node("unet", "UNETLoader", [unet, "default"], "Load"),
+        Node("clip", "CLIPLoader", [clip, clip_type, "default"], "Load"),
+        Node("vae", "VAELoader", [vae], "Load"),
+        *encode_nodes(prompt, negative="blurry, low quality", between=between),
+        *sample_nodes(latent, sampler),
+        *look,
+    ]
+    wires = wiring(("unet", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"), between="guide" if between else None)
+    return Template(name, "", nodes, [*wires, *look_links])
+
+
+LLM_NOTE = ("The text encoder is an LLM that reads the prompt inside a chat template: those template tokens are "
+            "no words, so the maps and chips show only your prompt's words. (word:1.2) works here through "
+            "Enfoque Patch CLIP (ComfyUI alone passes it to the LLM as text).")
+
+
+def flux2() -> Template:
+    return dit_template(
+        "Flux 2 dev - attention maps per word", "Flux 2 dev: where each word lands",
+        ["`diffusion_models/flux2_dev_fp8mixed.safetensors`",
+         "`text_encoders/mistral_3_small_flux2_fp8.safetensors` (Mistral 3, the Flux 2 text encoder)",
+         "`vae/flux2-vae.safetensors`"],
+        "flux2_dev_fp8mixed.safetensors", "mistral_3_small_flux2_fp8.safetensors", "flux2", "flux2-vae.safetensors",
+        "a red vintage bicycle leaning against a yellow wall, a cat sleeping in its basket",
+        "bicycle, yellow wall, cat, basket", "flux2", "EmptyFlux2LatentImage",
+        [42, "fixed", 20, 1.0, "euler", "simple", 1.0], "cat", guidance=4.0,
+        extra=LLM_NOTE + " Flux 2 dev is guidance-distilled: cfg stays 1 and FluxGuidance sets the guidance.",
+        note_h=860)
+
+
+def qwen_image() -> Template:
+    return dit_template(
+        "Qwen Image - attention maps per word", "Qwen-Image: where each word lands",
+        ["`diffusion_models/qwen_image_fp8_e4m3fn.safetensors`",
+         "`text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors` (Qwen2.5-VL)", "`vae/qwen_image_vae.safetensors`"],
+        "qwen_image_fp8_e4m3fn.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image",
+        "qwen_image_vae.safetensors", "a green teapot next to three oranges on a wooden table, morning light",
+        "green teapot, oranges, wooden table", "qwen_image", "EmptySD3LatentImage",
+        [42, "fixed", 20, 2.5, "euler", "simple", 1.0], "green teapot", extra=LLM_NOTE, note_h=820)
+
+
+def z_image() -> Template:
+    return dit_template(
+        "Z Image Turbo - attention maps per word", "Z-Image Turbo: where each word lands",
+        ["`diffusion_models/z_image_turbo_bf16.safetensors`", "`text_encoders/qwen_3_4b.safetensors` (Qwen3)",
+         "`vae/ae.safetensors` (the Flux VAE)"],
+        "z_image_turbo_bf16.safetensors", "qwen_3_4b.safetensors", "lumina2", "ae.safetensors",
+        "an orange hot air balloon over snowy mountains, a small village below",
+        "hot air balloon, snowy mountains, village", "z_image", "EmptySD3LatentImage",
+        [42, "fixed", 8, 1.0, "res_multistep", "simple", 1.0], "hot air balloon",
+        extra=LLM_NOTE + " Z-Image Turbo samples in 8 steps at cfg 1.", note_h=820)
+
+
+def chroma() -> Template:
+    return dit_template(
+        "Chroma - attention maps per word", "Chroma: where each word lands",
+        ["`diffusion_models/Chroma1-HD.safetensors`", "`text_encoders/t5xxl_fp16.safetensors` (T5-XXL)",
+         "`vae/ae.safetensors` (the Flux VAE)"],
+        "Chroma1-HD.safetensors", "t5xxl_fp16.safetensors", "chroma", "ae.safetensors",
+        "a white owl perched on a mossy branch in a misty forest at dawn", "white owl, mossy branch, forest",
+        "chroma", "EmptySD3LatentImage", [42, "fixed", 26, 4.0, "euler", "beta", 1.0], "white owl")
+
+
+WAN_FILES = [
+    "`diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors` (Wan 2.1 text-to-video; Wan 2.2 works the same)",
+    "`text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors` (umT5-XXL)",
+    "`vae/wan_2.1_vae.safetensors`",
+]
+
+
+def wan() -> Template:
+    """Wan text-to-video: the decoded video saved as an animation; the maps of the prompt's words."""
+    nodes = [
+        note("Wan 2.1: where each word lands, frame by frame", WAN_FILES,
+             ["EnfoquePatchCLIP", "EnfoquePatchModel", "EnfoqueAttentionMaps", "EnfoqueHeatmaps"], 760,
+             "Wan keeps one map per latent frame (every 4 video frames). Enfoque Heatmaps shows their mean; set "
+             "its over to frames for one picture per latent frame, and connect it to a Save Animated WEBP to "
+             "watch the words move."),
+        Node("unet", "UNETLoader", ["wan2.1_t2v_1.3B_fp16.safetensors", "default"], "Load"),
+        Node("clip", "CLIPLoader", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "default"], "Load"),
+        Node("vae", "VAELoader", ["wan_2.1_vae.safetensors"], "Load"),
+        *encode_nodes("a red kite flying over a green meadow, a dog running below it",
+                      negative="static, blurry, low quality"),
+        Node("latent", "EmptyHunyuanLatentVideo", [832, 480, 33, 1], "Sample"),
+        patch_model(),
+        Node("sampler", "KSampler", [42, "fixed", 30, 6.0, "uni_pc", "simple", 1.0], "Sample", 1),
+        Node("decode", "VAEDecode", [], "Look", 0),
+        Node("video", "SaveAnimatedWEBP", ["enfoque/wan", 16.0, False, 85, "default"], "Look", 0),
+        Node("maps", "EnfoqueAttentionMaps", ["red kite, meadow, dog", "positive", 0, -1, -1], "Look", 1),
+        Node("heat", "EnfoqueHeatmaps", ["viridis", 0.6, "minmax", 0, "mean"], "Look", 1),
+    ]
+    links = [
+        *wiring(("unet", "MODEL"), ("clip", "CLIP"), ("vae", "VAE")),
+        ("sampler", "LATENT", "decode", "samples"),
+        ("decode", "IMAGE", "video", "images"),
+        ("pmodel", "probe", "maps", "probe"),
+        ("sampler", "LATENT", "maps", "latent"),
+        ("maps", "maps", "heat", "maps"),
+    ]
+    return Template("Wan 2.1 - attention maps per word over the video", "", nodes, links)
+
+
+TEMPLATES = [sd35, flux, sdxl, sd35_steps, flux2, qwen_image, z_image, chroma, wan]
 
 
 def render(t: Template) -> str:

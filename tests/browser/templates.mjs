@@ -67,8 +67,9 @@ function tinyPrompt() {
         const type = swapped[value[0]][value[1]];
         node.inputs[name] = [tiny[type][0], 0];
       }
-      if (/^Empty(SD3)?LatentImage$/.test(node.class_type)) {
+      if (/^Empty(SD3|Flux2)?LatentImage$|^EmptyHunyuanLatentVideo$/.test(node.class_type)) {
         node.class_type = "EmptySD3LatentImage"; // the tiny model is an SD3
+        delete node.inputs.length; // a video latent (Wan) becomes an image one
         node.inputs.width = 256;
         node.inputs.height = 256;
       }
