@@ -204,7 +204,9 @@ class Stream:
     the user's prompt in it; ``templates`` are the template format strings (``{}``
     for the prompt) the tokenizer may have used, to find the prompt when ``text`` is
     not known. Tokens outside the prompt are template tokens, never words. ``pad``
-    is the padding token (left padding included).
+    is the padding token (left padding included). ``embed_piece`` is the piece an
+    embedding in the tokens stands for (Qwen-Image Edit's images replace its
+    ``<|image_pad|>`` tokens): such tokens are read as that text, and are template.
     """
 
     key: str
@@ -218,6 +220,7 @@ class Stream:
     prompt: tuple[int, int] | None = None
     templates: tuple[str, ...] = ()
     pad: int | None = None
+    embed_piece: str | None = None
 
 
 # GPT-2's reversible byte <-> printable character table: the pieces of byte-level BPE vocabularies
@@ -431,11 +434,16 @@ def _bytelevel_split(stream: Stream, content: list) -> tuple[list[_Word], list[i
     template); tokens wholly outside it are template tokens. Inside, a token belongs to the first word
     (`text_words`) whose letters it covers; tokens of spaces or edge punctuation belong to none. None
     where the tokens cannot be read as text (an image embedding among them, broken UTF-8)."""
-    pieces = []
-    for _, tok, _, _ in content:
+    pieces, embeds = [], set()
+    for k, (_, tok, _, _) in enumerate(content):
         if not isinstance(tok, int):
-            return None
-        pieces.append(piece_bytes(stream.pieces.get(tok, ""), "bytelevel"))
+            if stream.embed_piece is None:
+                return None
+            embeds.add(k)
+            tok_piece = stream.embed_piece
+        else:
+            tok_piece = stream.pieces.get(tok, "")
+        pieces.append(piece_bytes(tok_piece, "bytelevel"))
     got = char_spans(pieces)
     if got is None:
         return None
@@ -453,7 +461,7 @@ def _bytelevel_split(stream: Stream, content: list) -> tuple[list[_Word], list[i
     wi = 0
     for k, (c0, c1) in enumerate(spans):
         flat, w = content[k][0], content[k][2]
-        if c1 <= a or c0 >= b:
+        if c1 <= a or c0 >= b or k in embeds:
             template.append(flat)
             continue
         while wi < len(words) and words[wi][2] <= c0:
@@ -476,9 +484,10 @@ def tokens_text(stream: Stream) -> str | None:
         return None
     parts = []
     for _, tok, _, _ in _content(stream):
-        if not isinstance(tok, int):
+        if not isinstance(tok, int) and stream.embed_piece is None:
             return None
-        parts.append(piece_bytes(stream.pieces.get(tok, ""), "bytelevel"))
+        parts.append(piece_bytes(stream.pieces.get(tok, "") if isinstance(tok, int) else stream.embed_piece,
+                                 "bytelevel"))
     try:
         return b"".join(parts).decode("utf-8")
     except UnicodeDecodeError:
@@ -487,7 +496,7 @@ def tokens_text(stream: Stream) -> str | None:
 
 def char_spans(pieces: list[bytes]) -> tuple[str, list[tuple[int, int]]] | None:
     """The text of consecutive byte pieces and each piece's character span in it (a character split across
-    pieces counts in the piece holding its first byte); None when the bytes are not UTF-8."""
+    pieces counts in each of them); None when the bytes are not UTF-8."""
     try:
         text = b"".join(pieces).decode("utf-8")
     except UnicodeDecodeError:
@@ -495,7 +504,10 @@ def char_spans(pieces: list[bytes]) -> tuple[str, list[tuple[int, int]]] | None:
     spans, chars = [], 0
     for p in pieces:
         starts = sum(1 for byte in p if byte & 0xC0 != 0x80)
-        spans.append((chars, chars + starts))
+        if starts == 0 and p and chars > 0:  # only the rest of a character: it belongs to that character
+            spans.append((chars - 1, chars))
+        else:
+            spans.append((chars, chars + starts))
         chars += starts
     return text, spans
 
@@ -505,6 +517,39 @@ def split_words(stream: Stream) -> tuple[list[tuple[str, list[int]]], list[int]]
     tokens (chat template, system prompt)."""
     words, template = _split(stream)
     return [(w.text, list(w.tokens)) for w in words], template
+
+
+_SPECIAL_PIECE = re.compile(r"^(<\|[^|]*\|>|\[/?[A-Z_]+\]|<[a-z/]+>)$")
+
+
+def _bytelevel_pieces_split(stream: Stream, content: list) -> tuple[list[_Word], list[int]]:
+    """Words of a byte-level stream whose tokens cannot be read as text (an embedding with no placeholder):
+    from the pieces alone, a word starting at a piece that starts with a space or a line break; special
+    tokens (``<|im_start|>``, ``[INST]``, ``<s>``) and embeddings are template, and the text between them
+    cannot be told from the prompt, so it is labelled by its words as they come."""
+    groups: list[list[int]] = []
+    template: list[int] = []
+    fresh = True
+    for k, (flat, tok, _, _) in enumerate(content):
+        piece = stream.pieces.get(tok, "") if isinstance(tok, int) else ""
+        if not isinstance(tok, int) or _SPECIAL_PIECE.match(piece):
+            template.append(flat)
+            fresh = True
+            continue
+        text = piece_bytes(piece, "bytelevel").decode("utf-8", errors="replace")
+        if fresh or text[:1].isspace():
+            groups.append([])
+        groups[-1].append(k)
+        fresh = text[-1:].isspace()
+    out = []
+    for g in groups:
+        text = b"".join(piece_bytes(stream.pieces.get(content[k][1], ""), "bytelevel") for k in g).decode(
+            "utf-8", errors="replace")
+        found = text_words(text)
+        if found:
+            out.append(_Word(" ".join(w for w, _, _ in found), [content[k][0] for k in g],
+                             [content[k][2] for k in g]))
+    return out, template
 
 
 def _template_words(stream: Stream) -> int:
@@ -520,8 +565,7 @@ def _split(stream: Stream) -> tuple[list[_Word], list[int]]:
     content = _content(stream)
     if stream.kind == "bytelevel":
         got = _bytelevel_split(stream, content)
-        if got is not None:
-            return got
+        return got if got is not None else _bytelevel_pieces_split(stream, content)
     words = _words(stream, content)
     skip = _template_words(stream)
     if skip and _groups_from_text(stream, content) is not None:

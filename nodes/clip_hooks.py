@@ -72,7 +72,8 @@ ENCODER_NAMES = {"l": "CLIP-L", "g": "CLIP-G", "t5xxl": "T5-XXL", "umt5xxl": "um
                  "qwen25_7b": "Qwen2.5-VL", "qwen3_4b": "Qwen3", "mistral3_24b": "Mistral 3"}
 ATTENTION_CLASSES = ("CLIPAttention", "T5Attention")
 LLM_ATTENTION = ("comfy.text_encoders.llama", "Attention")  # module and class of ComfyUI's LLM self-attention
-LUMINA_PROMPT_START = "<Prompt Start>"  # CLIPTextEncodeLumina2 joins its system prompt and the prompt by this
+LUMINA_PROMPT_START = "<Prompt Start>"
+QWEN_IMAGE_PAD = 151655  # <|image_pad|>: comfy.text_encoders.qwen_image replaces it by an image embedding  # CLIPTextEncodeLumina2 joins its system prompt and the prompt by this
 _PYTORCH = {comfy_attention.attention_pytorch,
             getattr(comfy_attention.attention_pytorch, "__wrapped__", comfy_attention.attention_pytorch)}
 MAX_RECORDS = 8
@@ -201,6 +202,8 @@ def _stream(key: str, chunks: list, tok, text_words=None) -> Stream:
         extra = {"text": text_words.text, "prompt": text_words.prompt, "templates": text_words.templates}
         text_words = None
     extra["pad"] = getattr(tok, "pad_token", None)
+    if key == "qwen25_7b":  # ComfyUI's Qwen-Image tokenizer puts an image's embedding where <|image_pad|> was
+        extra["embed_piece"] = tok.inv_vocab.get(QWEN_IMAGE_PAD)
     return Stream(key=key, chunks=chunks, pieces=tok.inv_vocab, kind=kind,
                   start=getattr(tok, "start_token", None), end=getattr(tok, "end_token", None),
                   text_words=text_words, **extra)
@@ -262,8 +265,9 @@ def weigh_tokens(chunks: list, sub, key: str, llm: LLMText, spans: list[tuple[in
     stream = _stream(key, chunks, sub)
     flat = [it for c in chunks for it in c]
     skip = {stream.start, stream.pad} - {None}  # ComfyUI's start token and padding are not in the text
-    pieces = [piece_bytes(stream.pieces.get(it[0], ""), "bytelevel")
-              if isinstance(it[0], int) and it[0] not in skip else b"" for it in flat]
+    pieces = [piece_bytes(stream.pieces.get(it[0], ""), "bytelevel") if isinstance(it[0], int) and it[0] not in skip
+              else piece_bytes(stream.embed_piece or "", "bytelevel") if not isinstance(it[0], int) else b""
+              for it in flat]
     got = char_spans(pieces)
     if got is None or llm.prompt is None or got[0] != unicodedata.normalize("NFC", llm.text or ""):
         return chunks

@@ -680,7 +680,7 @@ def test_unsupported_model_is_refused(comfy, tiny_dir):
     model, *_ = family(comfy, tiny_dir, "sd3")
     odd = model.clone()
     odd.add_object_patch("diffusion_model", torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match=r"EnfoquePatchModel: the model Linear is not supported yet; supported"):
+    with pytest.raises(ValueError, match=r"Enfoque Patch Model: the model Linear is not supported yet; supported"):
         patch(comfy, odd)
 
 
