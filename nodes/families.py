@@ -8,7 +8,7 @@ lifecycle (`model_hooks`) and the plan of an attention call (`probe_plan`) stay 
   it is refused (unknown, or known but not supported, with the reason);
 - `block_count` / `install_blocks`: the blocks and the hook that marks them. ``dit``: ComfyUI's
   ``patches_replace["dit"][("double_block", i)]`` / ``("single_block", i)`` block replaces (SD3,
-  Flux, Flux 2, Chroma, Qwen-Image, Wan, HunyuanImage 2.1); ``block_index``: no block replace exists
+  Flux, Flux 2, Chroma, Qwen-Image, Wan); ``block_index``: no block replace exists
   (NextDiT: Lumina 2, Z-Image), so the attention override reads ``transformer_options["block_index"]``
   and ``["block_type"]``, which ComfyUI sets for every main layer, and the sequence lengths;
   ``attn2``: UNet cross-attention replaces;
