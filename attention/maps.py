@@ -35,9 +35,9 @@ def _check_finite(t: Tensor, what: str) -> None:
     if not t.is_floating_point():
         return
     if torch.isnan(t).any():
-        raise ValueError(f"{what} contains NaN values; the attention capture produced invalid numbers.")
+        raise ValueError(f"{what} hold NaN values; the attention capture produced invalid numbers.")
     if torch.isinf(t).any():
-        raise ValueError(f"{what} contains inf values; the attention capture produced invalid numbers.")
+        raise ValueError(f"{what} hold inf values; the attention capture produced invalid numbers.")
 
 
 @dataclass(frozen=True)
@@ -70,28 +70,28 @@ class AttentionMaps:
                 ) from exc
         if maps.ndim != 4:
             raise ValueError(
-                f"AttentionMaps.maps must have shape [batch, words, H, W]; got {tuple(maps.shape)}."
+                f"the maps must have the shape [batch, words, H, W]; got {tuple(maps.shape)}."
             )
         b, n, h, w = maps.shape
         if b < 1 or h < 1 or w < 1:
             raise ValueError(
-                f"AttentionMaps.maps needs batch, H and W of at least 1; got {tuple(maps.shape)}."
+                f"the maps need batch, H and W of at least 1; got {tuple(maps.shape)}."
             )
         if maps.dtype != torch.float32:
             maps = maps.to(torch.float32)
-        _check_finite(maps, "AttentionMaps.maps")
+        _check_finite(maps, "the maps")
         words = [str(x) for x in self.words] if not isinstance(self.words, str) else None
         if words is None:
-            raise ValueError("AttentionMaps.words must be a list of labels, not a single string.")
+            raise ValueError("the maps' words must be a list of labels, not a single string.")
         if len(words) != n:
             raise ValueError(
-                f"AttentionMaps has {n} word maps but {len(words)} labels ({words!r}); they must agree."
+                f"{n} word maps but {len(words)} labels ({', '.join(words[:20])}); they must agree."
             )
         meta = dict(self.meta) if self.meta is not None else {}
         try:
             json.dumps(meta, allow_nan=False)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"AttentionMaps.meta must be JSON-serialisable: {exc}") from exc
+            raise ValueError(f"the maps' metadata is not JSON-serialisable: {exc}") from exc
         object.__setattr__(self, "maps", maps)
         object.__setattr__(self, "words", words)
         object.__setattr__(self, "meta", meta)

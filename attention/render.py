@@ -139,7 +139,8 @@ def heatmap_panels(
         raise ValueError("heatmap_panels: the maps have no words to draw (empty prompt or empty selection).")
     opacity = float(opacity)
     if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"heatmap_panels: opacity must be between 0 and 1, got {opacity}.")
+        raise ValueError(f"heatmap_panels: opacity {opacity} is outside 0..1; set it between 0 (the image alone) "
+                         "and 1 (the heatmap alone).")
     if columns is None or int(columns) <= 0:
         columns = math.ceil(math.sqrt(n))
     columns = min(int(columns), n)

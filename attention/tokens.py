@@ -153,7 +153,8 @@ def parse_blocks(spec: str, total: int, node: str = "EnfoquePatchModel") -> froz
             raise ValueError(f"{node}: blocks {brief(spec)!r}: range {a}-{b} runs backwards; write {b}-{a}")
         if b >= total:
             raise ValueError(
-                f"{node}: blocks {brief(spec)!r}: block {b} is out of range; this model has {total} blocks (0-{total - 1})"
+                f"{node}: blocks {brief(spec)!r}: block {b} is out of range; this model has {total} blocks (0-{total - 1}). "
+                f"Pick blocks within 0-{total - 1}, or 'all'"
             )
         out.update(range(a, b + 1))
     return frozenset(out)

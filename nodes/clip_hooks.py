@@ -466,8 +466,8 @@ class EncodeTokenWeights(Shared):
                 w = torch.tensor([[float(it[1]) for it in c] for c in s.chunks], dtype=torch.float32)
                 if not bool(torch.isfinite(w).all()):
                     raise ValueError(
-                        "Enfoque Patch CLIP: a prompt weight is not a number (nan or inf), which attention cannot "
-                        "apply; write weights such as (cat:1.2), 0 removes a word"
+                        f"Enfoque Patch CLIP: the prompt weight {float(w[~torch.isfinite(w)][0]):g} is not a finite "
+                        "number, which attention cannot apply; write weights such as (cat:1.2), 0 removes a word"
                     )
                 if bool((w < 0).any()):
                     raise ValueError(

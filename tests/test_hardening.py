@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import re
 import time
 import weakref
 from pathlib import Path
@@ -118,8 +119,9 @@ def expect_error(server, prompt: dict, node_type: str, *needles: str, owner: str
 
     Validation: ComfyUI refuses the node's outputs (HTTP 400, or the outputs that do not
     depend on it run) and names the node class and the input. Execution: the failing
-    node is `node_type`, the exception a ValueError whose message starts with the display
-    name of the node that owns the input (`owner`, default `node_type`) and contains `needles`."""
+    node is `node_type`, the exception a ValueError in the pack's one error style (`check_style`)
+    naming the node that owns the input (`owner`, default `node_type`), and containing `needles`:
+    each case's needles hold the bad value, what is available where there is a choice, and the fix."""
     try:
         response = server.request("POST", "/prompt", {"prompt": prompt, "client_id": server.client_id})
         node_errors = response.get("node_errors") or {}
@@ -146,13 +148,25 @@ def expect_error(server, prompt: dict, node_type: str, *needles: str, owner: str
     assert err["node_type"] == node_type, (err["node_type"], message)
     assert err["exception_type"] == "ValueError", (err["exception_type"], message)
     # errors name the node by its display name (the server's /object_info says it)
-    name = server.object_info()[owner or node_type]["display_name"]
-    assert message.startswith(f"{name}: "), message
+    check_style(message, server.object_info()[owner or node_type]["display_name"])
     for n in needles:
         assert n in message, f"{n!r} not in {message!r}"
     assert len(message) < 2000, f"an error message of {len(message)} characters"
     run_good(server)  # and the server goes on serving
     return "execution"
+
+
+# an internal prefix ("select: ", "heatmap_panels: "), a node id or a class name of the pack in a message
+INTERNAL = re.compile(r"^(?:[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*: )|\bEnfoque[A-Z]\w*|\b(?:AttentionMaps|"
+                      r"FramedMaps|ModelProbe|ClipProbe|ProbeResult|TokenLayout)\b")
+
+
+def check_style(message: str, name: str) -> None:
+    """The pack's one error style: the node's display name once, in front; no internal names after it."""
+    assert message.startswith(f"{name}: "), message
+    assert message.count(name) == 1, f"{name!r} more than once: {message!r}"
+    rest = message[len(name) + 2:]
+    assert not INTERNAL.search(rest), f"an internal name in {message!r}: {INTERNAL.search(rest).group(0)!r}"
 
 
 def changed(g: dict, node: str, **inputs) -> dict:
@@ -166,87 +180,119 @@ LONG_TEXT = ("a small red cat sitting on a blue wooden chair in the sunny garden
 # (case id, node to change, its new inputs, failing node, owner of the message, needles)
 BAD_INPUTS = [
     # EnfoquePatchModel
-    ("model-not-a-model", "7", {"model": ["2", 0]}, "EnfoquePatchModel", None, ("MODEL",)),
-    ("reweight-unknown", "7", {"reweight": "loud"}, "EnfoquePatchModel", None, ("reweight",)),
-    ("start-not-a-number", "7", {"start_percent": "soon"}, "EnfoquePatchModel", None, ("start_percent",)),
-    ("end-above-max", "7", {"end_percent": 2.0}, "EnfoquePatchModel", None, ("end_percent",)),
-    ("budget-negative", "7", {"budget_mb": -5.0}, "EnfoquePatchModel", None, ("budget_mb",)),
-    ("blocks-out-of-range", "7", {"blocks": "99"}, "EnfoquePatchModel", None, ("block 99 is out of range", "0-1")),
-    ("blocks-wrong-type", "7", {"blocks": 5}, "EnfoquePatchModel", None, ("block 5 is out of range",)),
-    ("blocks-backwards", "7", {"blocks": "1-0"}, "EnfoquePatchModel", None, ("runs backwards", "0-1")),
-    ("blocks-garbage", "7", {"blocks": "first"}, "EnfoquePatchModel", None, ("cannot read 'first'",)),
-    ("blocks-100kB", "7", {"blocks": "x" * 100_000}, "EnfoquePatchModel", None, ("cannot read", "...")),
+    ("model-not-a-model", "7", {"model": ["2", 0]}, "EnfoquePatchModel", None, ("MODEL", "CLIP")),
+    ("reweight-unknown", "7", {"reweight": "loud"}, "EnfoquePatchModel", None, ("reweight", "'loud'", "'scale'")),
+    ("start-not-a-number", "7", {"start_percent": "soon"}, "EnfoquePatchModel", None, ("start_percent", "soon")),
+    ("end-above-max", "7", {"end_percent": 2.0}, "EnfoquePatchModel", None, ("end_percent", "2.0", "max of 1.0")),
+    ("budget-negative", "7", {"budget_mb": -5.0}, "EnfoquePatchModel", None, ("budget_mb", "-5.0", "min of 1.0")),
+    ("blocks-out-of-range", "7", {"blocks": "99"}, "EnfoquePatchModel", None,
+     ("blocks '99'", "block 99 is out of range", "2 blocks (0-1)", "Pick blocks within 0-1, or 'all'")),
+    ("blocks-wrong-type", "7", {"blocks": 5}, "EnfoquePatchModel", None,
+     ("blocks '5'", "block 5 is out of range", "Pick blocks within 0-1")),
+    ("blocks-backwards", "7", {"blocks": "1-0"}, "EnfoquePatchModel", None,
+     ("blocks '1-0'", "runs backwards", "write 0-1")),
+    ("blocks-garbage", "7", {"blocks": "first"}, "EnfoquePatchModel", None,
+     ("blocks 'first'", "cannot read 'first'", "write 'all', a range like '8-16' or a list like '0,3,5'")),
+    ("blocks-100kB", "7", {"blocks": "x" * 100_000}, "EnfoquePatchModel", None,
+     ("cannot read 'xxx", "...'", "write 'all'")),
     ("start-after-end", "7", {"start_percent": 0.8, "end_percent": 0.2}, "EnfoquePatchModel", None,
-     ("start_percent 0.8 is after end_percent 0.2",)),
-    ("start-nan", "7", {"start_percent": math.nan}, "EnfoquePatchModel", None, ("start_percent", "is not a number")),
-    ("budget-nan", "7", {"budget_mb": math.nan}, "EnfoquePatchModel", None, ("budget_mb", "is not a number")),
+     ("start_percent 0.8 is after end_percent 0.2", "set start_percent to at most end_percent")),
+    ("start-nan", "7", {"start_percent": math.nan}, "EnfoquePatchModel", None,
+     ("start_percent 'nan' is not a number", "set it to a number")),
+    ("budget-nan", "7", {"budget_mb": math.nan}, "EnfoquePatchModel", None,
+     ("budget_mb 'nan' is not a number", "set it to a number")),
     ("capture-words-unknown", "7", {"capture_words": "dog"}, "KSampler", "EnfoquePatchModel",
-     ("'dog' are not words of the positive prompt", "cat", "leave it empty")),
+     ("capture_words 'dog' are not words of the positive prompt", "(a, red, cat, on, blue, chair)",
+      "leave it empty")),
     ("capture-words-100kB", "7", {"capture_words": "zebra " * 20_000}, "KSampler", "EnfoquePatchModel",
-     ("are not words of the positive prompt",)),
+     ("capture_words 'zebra zebra", "...' are not words of the positive prompt", "leave it empty")),
     # EnfoquePatchCLIP
-    ("clip-not-a-clip", "3", {"clip": ["1", 0]}, "EnfoquePatchCLIP", None, ("CLIP",)),
-    ("weight-mode-unknown", "3", {"weight_mode": "louder"}, "EnfoquePatchCLIP", None, ("weight_mode",)),
+    ("clip-not-a-clip", "3", {"clip": ["1", 0]}, "EnfoquePatchCLIP", None, ("CLIP", "MODEL")),
+    ("weight-mode-unknown", "3", {"weight_mode": "louder"}, "EnfoquePatchCLIP", None,
+     ("weight_mode", "'louder'", "'attention'")),
     ("prompt-weight-nan", "4", {"text": "a red (cat:nan) on a blue chair"}, "CLIPTextEncode", "EnfoquePatchCLIP",
-     ("not a number",)),
+     ("the prompt weight nan is not a finite number", "write weights such as (cat:1.2)")),
     ("prompt-weight-negative", "4", {"text": "a red (cat:-1) on a blue chair"}, "CLIPTextEncode",
-     "EnfoquePatchCLIP", ("negative",)),
+     "EnfoquePatchCLIP", ("the prompt weight -1 is negative", "use weights >= 0", "weight_mode 'comfy'")),
     # EnfoqueTokenWeights
-    ("weights-negative", "6", {"weights": "cat:-1"}, "EnfoqueTokenWeights", None, ("negative", "use 0")),
-    ("weights-nan", "6", {"weights": "cat:nan"}, "EnfoqueTokenWeights", None, ("cannot read 'cat:nan'",)),
-    ("weights-inf", "6", {"weights": "cat:1e999"}, "EnfoqueTokenWeights", None, ("too large",)),
-    ("weights-no-number", "6", {"weights": "cat"}, "EnfoqueTokenWeights", None, ("word:weight pairs",)),
+    ("weights-negative", "6", {"weights": "cat:-1"}, "EnfoqueTokenWeights", None,
+     ("weight -1 for 'cat' is negative", "use 0")),
+    ("weights-nan", "6", {"weights": "cat:nan"}, "EnfoqueTokenWeights", None,
+     ("cannot read 'cat:nan'", "write word:weight pairs")),
+    ("weights-inf", "6", {"weights": "cat:1e999"}, "EnfoqueTokenWeights", None,
+     ("weight '1e999' for 'cat' is too large", "use a weight such as")),
+    ("weights-no-number", "6", {"weights": "cat"}, "EnfoqueTokenWeights", None,
+     ("cannot read 'cat'", "write word:weight pairs")),
     ("weights-unknown-word", "6", {"weights": "dog:2"}, "EnfoqueTokenWeights", None,
-     ("'dog' in weights is not a word of the prompt", "cat")),
+     ("'dog' in weights is not a word of the prompt", "its words: a, red, cat, on, blue, chair.",
+      "Weigh words from these")),
     ("weights-100kB-unknown", "6", {"weights": "zebra:1, " * 11_000}, "EnfoqueTokenWeights", None,
-     ("'zebra' in weights is not a word",)),
+     ("'zebra' in weights is not a word", "a, red, cat, on, blue, chair.", "Weigh words from these")),
     ("weights-stock-clip", "6", {"conditioning": ["22", 0]}, "EnfoqueTokenWeights", None,
-     ("Put Enfoque Patch CLIP before",)),
-    ("weights-not-conditioning", "6", {"conditioning": ["8", 0]}, "EnfoqueTokenWeights", None, ("CONDITIONING",)),
+     ("encoded by a stock CLIP", "Put Enfoque Patch CLIP before")),
+    ("weights-not-conditioning", "6", {"conditioning": ["8", 0]}, "EnfoqueTokenWeights", None,
+     ("CONDITIONING", "LATENT")),
     # EnfoqueAttentionMaps
     # the probes' socket types differ: ComfyUI's validation refuses a wrong one, naming both types
     ("maps-probe-from-clip", "10", {"probe": ["3", 1]}, "EnfoqueAttentionMaps", None,
      ("ENFOQUE_CLIP_PROBE", "ENFOQUE_MODEL_PROBE")),
     ("maps-probe-not-a-probe", "10", {"probe": ["1", 0]}, "EnfoqueAttentionMaps", None, ("ENFOQUE_MODEL_PROBE",)),
     ("maps-unknown-word", "10", {"words": "dog"}, "EnfoqueAttentionMaps", None,
-     ("'dog' in words is not a captured word of the prompt", "chair")),
+     ("'dog' in words is not a captured word of the prompt", "captured words: a, red, cat, on, blue, chair.",
+      "Pick words from these")),
     ("maps-100kB-words", "10", {"words": "zebra " * 20_000}, "EnfoqueAttentionMaps", None,
-     ("is not a captured word of the prompt",)),
+     ("'zebra zebra", "...' in words is not a captured word of the prompt", "Pick words from these")),
     ("maps-negative-not-captured", "10", {"prompt": "negative"}, "EnfoqueAttentionMaps", None,
-     ("turn on capture_negative",)),
-    ("maps-prompt-unknown", "10", {"prompt": "neutral"}, "EnfoqueAttentionMaps", None, ("prompt", "neutral")),
-    ("maps-cond-index", "10", {"cond_index": 3}, "EnfoqueAttentionMaps", None, ("prompt number 3",)),
+     ("no maps of the negative prompt number 0", "recorded: positive #0", "turn on capture_negative")),
+    ("maps-prompt-unknown", "10", {"prompt": "neutral"}, "EnfoqueAttentionMaps", None,
+     ("prompt", "'neutral'", "'positive'")),
+    ("maps-cond-index", "10", {"cond_index": 3}, "EnfoqueAttentionMaps", None,
+     ("positive prompt number 3", "recorded: positive #0", "Set prompt and prompt_number to one of these")),
     ("maps-latent-of-another-size", "10", {"latent": ["20", 0]}, "EnfoqueAttentionMaps", None,
-     ("no sampling run of this probe matches the latent", "16x16 grid")),
+     ("no sampling run of this probe matches the latent (1 image(s) on a 16x16 grid)",
+      "recorded runs: 1 image(s) on a 8x8 grid", "Connect the LATENT output")),
     ("maps-probe-never-sampled", "10", {"probe": ["21", 1]}, "EnfoqueAttentionMaps", None,
-     ("no finished sampling run",)),
+     ("no finished sampling run", "connect the LATENT output of a sampler")),
     # EnfoqueTextAttentionMaps
     ("text-probe-from-model", "17", {"probe": ["7", 1]}, "EnfoqueTextAttentionMaps", None,
      ("ENFOQUE_MODEL_PROBE", "ENFOQUE_CLIP_PROBE")),
     ("text-stock-conditioning", "17", {"conditioning": ["22", 0]}, "EnfoqueTextAttentionMaps", None,
-     ("connect the CLIP output of Enfoque Patch CLIP",)),
-    ("text-encoder-absent", "17", {"encoder": "g"}, "EnfoqueTextAttentionMaps", None, ("did not run",)),
-    ("text-layer-out-of-range", "17", {"layer": 40}, "EnfoqueTextAttentionMaps", None, ("out of range",)),
-    ("text-layer-above-max", "17", {"layer": 500}, "EnfoqueTextAttentionMaps", None, ("layer",)),
-    ("text-encoder-unknown", "17", {"encoder": "clip_x"}, "EnfoqueTextAttentionMaps", None, ("encoder", "clip_x")),
-    ("text-level-unknown", "17", {"level": "letters"}, "EnfoqueTextAttentionMaps", None, ("level", "letters")),
-    ("text-empty-prompt", "text-only", {"text": ""}, "EnfoqueTextAttentionMaps", None, ("no words",)),
+     ("not encoded by the CLIP of this probe", "connect the CLIP output of Enfoque Patch CLIP")),
+    ("text-encoder-absent", "17", {"encoder": "g"}, "EnfoqueTextAttentionMaps", None,
+     ("encoder 'g' did not run", "encoders that ran: l.", "Pick one of them, or auto")),
+    ("text-layer-out-of-range", "17", {"layer": 40}, "EnfoqueTextAttentionMaps", None,
+     ("layer 40 is out of range", "12 layers (0-11)", "Pick one of them")),
+    ("text-layer-above-max", "17", {"layer": 500}, "EnfoqueTextAttentionMaps", None, ("layer", "500", "max of 128")),
+    ("text-encoder-unknown", "17", {"encoder": "clip_x"}, "EnfoqueTextAttentionMaps", None,
+     ("encoder", "'clip_x'", "'t5xxl'")),
+    ("text-level-unknown", "17", {"level": "letters"}, "EnfoqueTextAttentionMaps", None,
+     ("level", "'letters'", "'tokens'")),
+    ("text-empty-prompt", "text-only", {"text": ""}, "EnfoqueTextAttentionMaps", None,
+     ("no words in encoder 'l'", "give it words, or set level to tokens")),
     # EnfoqueHeatmaps
-    ("heatmaps-colormap", "11", {"colormap": "rainbowish"}, "EnfoqueHeatmaps", None, ("colormap",)),
-    ("heatmaps-opacity-nan", "11", {"opacity": math.nan}, "EnfoqueHeatmaps", None, ("opacity",)),
-    ("heatmaps-columns", "11", {"columns": -1}, "EnfoqueHeatmaps", None, ("columns",)),
+    ("heatmaps-colormap", "11", {"colormap": "rainbowish"}, "EnfoqueHeatmaps", None,
+     ("colormap", "'rainbowish'", "'viridis'")),
+    ("heatmaps-opacity-nan", "11", {"opacity": math.nan}, "EnfoqueHeatmaps", None,
+     ("opacity nan is outside 0..1", "set it between 0")),
+    ("heatmaps-columns", "11", {"columns": -1}, "EnfoqueHeatmaps", None, ("columns", "-1", "min of 0")),
     # EnfoqueMapsToMask
-    ("mask-unknown-word", "13", {"words": "dog"}, "EnfoqueMapsToMask", None, ("dog",)),
-    ("mask-100kB-words", "13", {"words": "zebra, " * 15_000}, "EnfoqueMapsToMask", None, ("zebra",)),
-    ("mask-threshold-nan", "13", {"threshold": math.nan}, "EnfoqueMapsToMask", None, ("threshold",)),
-    ("mask-threshold-above-max", "13", {"threshold": 2.0}, "EnfoqueMapsToMask", None, ("threshold",)),
+    ("mask-unknown-word", "13", {"words": "dog"}, "EnfoqueMapsToMask", None,
+     ("word 'dog' is not among the map labels", "'a', 'red', 'cat', 'on', 'blue', 'chair'.",
+      "Pick words from these")),
+    ("mask-100kB-words", "13", {"words": "zebra, " * 15_000}, "EnfoqueMapsToMask", None,
+     ("word 'zebra' is not among", "Pick words from these")),
+    ("mask-threshold-nan", "13", {"threshold": math.nan}, "EnfoqueMapsToMask", None,
+     ("threshold nan is outside 0..1", "set it between 0 and 1")),
+    ("mask-threshold-above-max", "13", {"threshold": 2.0}, "EnfoqueMapsToMask", None,
+     ("threshold", "2.0", "max of 1.0")),
     # EnfoqueSaveAttentionMaps
-    ("save-empty-prefix", "16", {"filename_prefix": ""}, "EnfoqueSaveAttentionMaps", None, ("no file name",)),
+    ("save-empty-prefix", "16", {"filename_prefix": ""}, "EnfoqueSaveAttentionMaps", None,
+     ("filename_prefix '' has no file name", "use e.g. 'enfoque/maps'")),
     ("save-escaping-prefix", "16", {"filename_prefix": "../../escape/maps"}, "EnfoqueSaveAttentionMaps", None,
-     ("outside the output folder",)),
+     ("'../../escape/maps' points outside the output folder", "use a relative prefix")),
     ("save-100kB-prefix", "16", {"filename_prefix": "m" * 100_000}, "EnfoqueSaveAttentionMaps", None,
-     ("shorter",)),
-    ("save-format", "16", {"format": "tiff"}, "EnfoqueSaveAttentionMaps", None, ("format",)),
+     ("cannot write 'mmm", "use a shorter filename_prefix")),
+    ("save-format", "16", {"format": "tiff"}, "EnfoqueSaveAttentionMaps", None, ("format", "'tiff'", "'npz'")),
 ]
 
 
@@ -300,13 +346,18 @@ def test_bad_maps_files_live(comfy, server):
                                 metadata=metadata)  # 3 maps, 2 words
 
     assert expect_error(server, load_graph("hardening/missing.safetensors"), "EnfoqueLoadAttentionMaps",
-                        "was not found") == "validation"
+                        "Enfoque Load Attention Maps: file 'hardening/missing.safetensors' was not found",
+                        "copy it there") == "validation"
     assert expect_error(server, load_graph("../../etc/passwd.safetensors"), "EnfoqueLoadAttentionMaps",
-                        "outside") == "validation"
+                        "Enfoque Load Attention Maps: file '../../etc/passwd.safetensors' is outside",
+                        "pick a file from the list") == "validation"
     assert expect_error(server, load_graph("hardening/garbage.safetensors"), "EnfoqueLoadAttentionMaps",
-                        "not an Enfoque attention-maps file") == "validation"
-    expect_error(server, load_graph("hardening/nan.safetensors"), "EnfoqueLoadAttentionMaps", "cannot load")
-    expect_error(server, load_graph("hardening/mismatch.safetensors"), "EnfoqueLoadAttentionMaps", "cannot load")
+                        "Enfoque Load Attention Maps: 'hardening/garbage.safetensors' is not an Enfoque "
+                        "attention-maps file", "pick a file saved by Enfoque Save Attention Maps") == "validation"
+    expect_error(server, load_graph("hardening/nan.safetensors"), "EnfoqueLoadAttentionMaps",
+                 "cannot load 'hardening/nan.safetensors': the maps hold NaN values", "Save it again")
+    expect_error(server, load_graph("hardening/mismatch.safetensors"), "EnfoqueLoadAttentionMaps",
+                 "cannot load 'hardening/mismatch.safetensors': 3 word maps but 2 labels (red, cat)", "Save it again")
     entry = finish(server, server.post_prompt(load_graph("hardening/good.safetensors")))
     assert entry["status"]["status_str"] == "success"
 
@@ -680,8 +731,16 @@ def test_unsupported_model_is_refused(comfy, tiny_dir):
     model, *_ = family(comfy, tiny_dir, "sd3")
     odd = model.clone()
     odd.add_object_patch("diffusion_model", torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match=r"Enfoque Patch Model: the model Linear is not supported yet; supported"):
+    families = comfy.submodule("nodes.families")
+    with pytest.raises(ValueError) as refused:
         patch(comfy, odd)
+    # the display name once, the model, every supported family (each once) and the fix
+    message = str(refused.value)
+    labels = [families.FAMILIES[k].label for k in families.LISTED]
+    assert message == (f"Enfoque Patch Model: the model Linear is not supported yet; supported families: "
+                       f"{', '.join(labels)}. Connect a model of one of them."), message
+    assert len(set(labels)) == len(labels) >= 9
+    check_style(message, "Enfoque Patch Model")
 
 
 # =========================================================================== lifecycle, in-process
