@@ -1,5 +1,6 @@
 """Sampling benchmark: an SD3-architecture model through ComfyUI's KSampler,
-unpatched vs EnfoquePatchModel capturing all tokens, 8 words, and reweighting.
+unpatched vs EnfoquePatchModel capturing all tokens, 8 words, reweighting, and
+capturing all tokens plus 4 concepts (EnfoqueConcepts: concept maps).
 
     .venv/bin/python benchmarks/sampling_bench.py                 # depth 8, 512 px (1024 image tokens), 20 steps
     .venv/bin/python benchmarks/sampling_bench.py --steps 4 --depth 4 --rounds 1   # quick look
@@ -50,7 +51,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ["unpatched", "capture_all", "capture_8_words", "reweight_bias", "reweight_scale"]
+CONFIGS = ["unpatched", "capture_all", "capture_8_words", "reweight_bias", "reweight_scale", "concepts_4"]
 BACKEND_FLAGS = {
     "pytorch": ["--use-pytorch-cross-attention"],
     "default": [],
@@ -124,6 +125,7 @@ class Session:
         self.pos = h.run("CLIPTextEncode", clip=clip, text="a red cat sitting on a blue chair in a sunny garden")[0]
         self.neg = h.run("CLIPTextEncode", clip=clip, text="")[0]
         self.latent = h.run("EmptySD3LatentImage", width=args.size, height=args.size, batch_size=1)[0]
+        self.concepts = h.run("EnfoqueConcepts", clip=clip, concepts="cat, chair, garden, background")[0]
 
     def model_for(self, variant: str):
         if variant == "sdpa":
@@ -147,8 +149,9 @@ class Session:
         if config != "unpatched":
             words = ",".join(f"w{i}" for i in range(1, 9)) if config == "capture_8_words" else ""
             mode = {"reweight_bias": "bias", "reweight_scale": "scale"}.get(config, "bias")
+            extra = {"concepts": self.concepts} if config == "concepts_4" else {}
             model = h.run("EnfoquePatchModel", model=model, capture=not config.startswith("reweight"), reweight=mode,
-                          blocks="all", start_percent=0.0, end_percent=1.0, capture_words=words)[0]
+                          blocks="all", start_percent=0.0, end_percent=1.0, capture_words=words, **extra)[0]
 
         def sample(k: int):
             return h.run("KSampler", model=model, seed=1, steps=k, cfg=4.0, sampler_name="euler", scheduler="simple",

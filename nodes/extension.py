@@ -3,6 +3,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from . import routes  # noqa: F401  (registers the /enfoque/ HTTP routes on the running server)
+from .concept_nodes import EnfoqueConcepts, EnfoqueImageMaps
 from .model_nodes import EnfoqueAttentionMaps, EnfoquePatchModel
 from .output_nodes import (
     EnfoqueHeatmaps,
@@ -25,4 +26,6 @@ class EnfoqueExtension(ComfyExtension):
             EnfoqueMapsToMask,
             EnfoqueSaveAttentionMaps,
             EnfoqueLoadAttentionMaps,
+            EnfoqueConcepts,
+            EnfoqueImageMaps,
         ]

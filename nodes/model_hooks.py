@@ -36,8 +36,12 @@ import comfy.samplers as comfy_samplers
 import torch
 
 from ..attention.aggregate import MapAccumulator
-from ..attention.engine import attend
+from ..attention.concepts import concept_attention, concept_scores
+from ..attention.engine import attend, from_bhnd, to_bhnd
+from ..attention.sdpa import reset_fallback_log
 from . import families
+from .comfy_sdpa import fused_route, one_sdpa_call
+from .concepts import ConceptCall, Concepts, ConceptStream
 from .families import unet_attn2_sites
 from .probe_call import read_call
 from .probe_checks import check_budget, check_capture_words, check_weights
@@ -68,7 +72,8 @@ class ModelProbe(Shared):
     kind = "model"
 
     def __init__(self, family: str, n_blocks: int, patch_size: int | tuple[int, int, int], config: ProbeConfig,
-                 pad_multiple: int | None = None) -> None:
+                 pad_multiple: int | None = None, concepts: Concepts | None = None,
+                 stream: ConceptStream | None = None) -> None:
         self.family = family
         self.spec = families.FAMILIES[family]
         self.n_blocks = n_blocks
@@ -83,6 +88,9 @@ class ModelProbe(Shared):
         self.store = ResultStore()
         self.runs = 0
         self.outside_run = RunLog()  # for calls no run owns (reported once per probe)
+        self.concepts = concepts  # EnfoqueConcepts: an extra stream through the joint blocks (`concepts`)
+        self.stream = stream
+        self.concept_key = self.key + "_concepts"
 
     @property
     def result(self) -> ProbeResult | None:
@@ -118,13 +126,15 @@ class ModelProbe(Shared):
 
     def begin_run(self, conds: dict[str, list[dict]], model_sampling: Any, latent_shape: tuple[int, ...] = (),
                   steps: int = 0) -> None:
+        reset_fallback_log()  # the engine's fallback notes: once per sampling run
         run_log = RunLog()
         routes = build_routes(conds, self.config, run_log)
         check_weights(self.config, routes.values())
         check_capture_words(self.config, routes.values())
         grid = self.grid_of(latent_shape) if latent_shape else None
         if latent_shape:
-            check_budget(self.config, routes.values(), int(latent_shape[0]), grid, steps, self.selected_blocks())
+            check_budget(self.config, routes.values(), int(latent_shape[0]), grid, steps, self.selected_blocks(),
+                         len(self.concepts) if self.concepts is not None else 0)
         cfg = self.config
         hi = model_sampling.percent_to_sigma(cfg.start_percent)
         lo = model_sampling.percent_to_sigma(cfg.end_percent)
@@ -150,6 +160,10 @@ class ModelProbe(Shared):
         maps = {k: run.acc.mean(k) for k in run.acc.records}
         step_maps = {k: run.acc.step_means(k) for k in run.acc.records} if self.config.keep_steps else {}
         block_maps = {k: run.acc.block_means(k) for k in run.acc.records} if self.config.keep_blocks else {}
+        cacc = run.concept_acc
+        concept_maps = {k: cacc.mean(k) for k in cacc.records} if cacc is not None else {}
+        concept_steps = {k: cacc.step_means(k) for k in concept_maps} if self.config.keep_steps else {}
+        concept_blocks = {k: cacc.block_means(k) for k in concept_maps} if self.config.keep_blocks else {}
         self.store.add(ProbeResult(
             maps=maps,
             step_maps=step_maps,
@@ -163,6 +177,10 @@ class ModelProbe(Shared):
             step_sigmas={k: run.step_sigmas[k] for k in sorted(run.active_steps) if k in run.step_sigmas},
             frames=run.frames,
             notes=tuple(run.log.messages),
+            concepts=self.concepts.names if self.concepts is not None else (),
+            concept_maps=concept_maps,
+            concept_step_maps=concept_steps,
+            concept_block_maps=concept_blocks,
         ))
 
     def result_for(self, latent_shape: tuple[int, ...] | None) -> ProbeResult | None:
@@ -208,6 +226,9 @@ class ModelProbe(Shared):
             cfg = self.config
             run.acc = MapAccumulator(run.grid or grid, keep_steps=cfg.keep_steps, keep_blocks=cfg.keep_blocks,
                                      budget_bytes=int(cfg.budget_mb * 2**20))
+            if self.concepts is not None and cfg.capture:
+                run.concept_acc = MapAccumulator(run.grid or grid, keep_steps=cfg.keep_steps,
+                                                 keep_blocks=cfg.keep_blocks, budget_bytes=int(cfg.budget_mb * 2**20))
         return CallState(active=active, step=run.step, grid=grid, capture=not run.guidance)
 
     def selected_blocks(self) -> int:
@@ -231,6 +252,24 @@ class ModelProbe(Shared):
 
     def placement(self, length: int) -> tuple[int, int]:
         return families.placement(self.spec, length)
+
+    def record_concepts(self, scores: torch.Tensor, uuids: list, state: CallState, block: int) -> None:
+        """One block call's concept scores ``[B, image tokens, concepts]``, into the maps of the prompts whose
+        rows they are (the rows of a batch follow ``uuids``, as the maps' captures do)."""
+        run = self.run
+        if run is None or run.concept_acc is None or not uuids or scores.shape[0] % len(uuids):
+            return
+        rows = scores.shape[0] // len(uuids)
+        for i, u in enumerate(uuids):
+            route = run.routes.get(u)
+            if route is None or not self.config.captures(route.role):
+                continue
+            if run.regions.get(u) is not None:
+                run.log.once(("concept-area", u), "concept maps of the area conditioning %s are not recorded "
+                             "(concept maps cover the whole picture)", route.name)
+                continue
+            run.concept_acc.add((route.role, route.index), scores[i * rows : (i + 1) * rows], 1, step=state.step,
+                                block=block)
 
     def record(self, plan: Plan, maps: list[torch.Tensor], heads: int, step: int, block: int) -> None:
         run = self.run
@@ -334,9 +373,45 @@ class DitBlockReplace(Shared):
                 to[self.probe.site_key] = site
                 args = dict(args)
                 args["transformer_options"] = to
-        if self.previous is not None:
-            return self.previous(args, extra)
-        return extra["original_block"](args)
+        concept = self._concept_call(args, state)
+        if concept is not None:
+            call, ctx = concept
+            args = dict(args)
+            args["transformer_options"] = {**args["transformer_options"], self.probe.concept_key: call}
+        out = self.previous(args, extra) if self.previous is not None else extra["original_block"](args)
+        if concept is not None:
+            self._concept_after(state, *concept)
+        return out
+
+    def _concept_call(self, args: dict, state: CallState | None) -> tuple[ConceptCall, tuple] | None:
+        """The concepts' q, k, v at this double block, from the stream (started at block 0)."""
+        probe = self.probe
+        stream = probe.stream
+        if stream is None or state is None or self.single or not state.capture or state.concept_stopped:
+            return None
+        blocks = probe.config.blocks
+        if blocks is not None and self.index > max(blocks):
+            return None  # no chosen block is left: the stream has nothing more to give
+        txt, img = args.get("txt"), args.get("img")
+        if not isinstance(txt, torch.Tensor) or not isinstance(img, torch.Tensor):
+            return None
+        if state.concept_x is None:
+            if self.index != 0:
+                return None
+            state.concept_x = stream.start(probe.concepts.embeddings, int(img.shape[0]), txt)
+        qkv, ctx = stream.pre(self.index, state.concept_x, args["vec"])
+        call = ConceptCall(*qkv, block=self.index, record=probe.wants_block(self.index),
+                           txt_len=int(txt.shape[1]), seq_len=int(txt.shape[1]) + int(img.shape[1]))
+        return call, ctx
+
+    def _concept_after(self, state: CallState, call: ConceptCall, ctx: tuple) -> None:
+        if call.out is None:
+            state.concept_stopped = True
+            self.probe.log.once(("concept-stopped", self.index), "block %d: the concept stream saw no joint "
+                                "attention call of the block (another pack replaced it?); concept maps stop at "
+                                "this block", self.index)
+            return
+        state.concept_x = self.probe.stream.post(state.concept_x, call.out, ctx)
 
 
 class UnetAttn2Replace(Shared):
@@ -362,9 +437,11 @@ class UnetAttn2Replace(Shared):
 
 _REWEIGHTED = "enfoque_reweighted"  # set on the transformer_options an override passes on once it reweighted
 
-# Where ComfyUI's SDPA backend is in use, the fused kernel SDPA dispatches to gives
-# the identical output plus the log-sum-exp. Other backends are called as they are
-# and the capture takes the exact chunked route.
+# ComfyUI's SDPA backend (the default on GPUs), for a batch it runs in one SDPA call: the engine calls
+# the kernel SDPA picks itself, in ComfyUI's sdpa_kernel context (`comfy_sdpa`), and gets the identical
+# output plus the log-sum-exp in one pass. Any other backend, an override in front, or a larger batch
+# gives the output as it is; the capture then gets its normaliser from one fused kernel call over the
+# captured rows (`engine.row_normaliser`), or the exact chunked route where no kernel gives one.
 _STOCK_PYTORCH = getattr(comfy_attention.attention_pytorch, "__wrapped__", comfy_attention.attention_pytorch)
 
 
@@ -385,6 +462,38 @@ class AttentionOverride(Shared):
         return func(*args, **kwargs)
 
     def __call__(self, func, *args, **kwargs):
+        out = self._attention(func, args, kwargs)
+        concept: ConceptCall | None = (kwargs.get("transformer_options") or {}).get(self.probe.concept_key)
+        if concept is not None and concept.out is None:
+            self._concepts(concept, args, kwargs, out)
+        return out
+
+    def _concepts(self, concept: ConceptCall, args: tuple, kwargs: dict, out) -> None:
+        """The concepts' attention over ``[concepts; image]`` at this block's joint attention, and their
+        scores against the image tokens' attention output."""
+        call = read_call(args, kwargs)
+        if isinstance(call, str) or not all(type(t) is torch.Tensor for t in (call.q, call.k, call.v)):
+            return
+        skip = call.skip_reshape
+        if call.k.shape[2 if skip else 1] != concept.seq_len:
+            return  # another attention of the block (SD3.5's image-only one)
+        if call.mask is not None:
+            self.probe.log.once(("concept-mask",), "block %d: the joint attention carries a mask; concept maps "
+                                "are not computed under a mask", concept.block)
+            return
+        if not isinstance(out, torch.Tensor) or out.ndim != 3:
+            return
+        heads, n_txt = call.heads, concept.txt_len
+        k, v = to_bhnd(call.k, heads, skip), to_bhnd(call.v, heads, skip)
+        o_c = concept_attention(concept.q, concept.k, concept.v, k[:, :, n_txt:], v[:, :, n_txt:])
+        concept.out = from_bhnd(o_c, False)
+        to = kwargs.get("transformer_options") or {}
+        state: CallState | None = to.get(self.probe.key)
+        if concept.record and state is not None and state.capture and self.probe.run is not None:
+            scores = concept_scores(out[:, n_txt:], concept.out)
+            self.probe.record_concepts(scores, to.get("uuids") or [], state, concept.block)
+
+    def _attention(self, func, args: tuple, kwargs: dict):
         to = kwargs.get("transformer_options") or {}
         site: Site | None = to.get(self.probe.site_key)
         state: CallState | None = to.get(self.probe.key)
@@ -435,13 +544,14 @@ class AttentionOverride(Shared):
 
         # the stock SDPA backend ignores every argument but q, k, v, heads, mask and the reshapes: the fused
         # kernel gives its output (and the LSE) whatever else the call carries
-        fused = self.previous is None and func is _STOCK_PYTORCH
-        out, maps = attend(
-            q, k, v, heads, mask=mask, skip_reshape=skip,
-            skip_output_reshape=call.skip_output_reshape,
-            reweight=reweight, captures=captures, query_range=plan.query_range,
-            compute_out=None if (fused and captures) else compute_out,
-        )
+        fused = self.previous is None and func is _STOCK_PYTORCH and bool(captures) and one_sdpa_call(q.shape[0])
+        with fused_route(fused):
+            out, maps = attend(
+                q, k, v, heads, mask=mask, skip_reshape=skip,
+                skip_output_reshape=call.skip_output_reshape,
+                reweight=reweight, captures=captures, query_range=plan.query_range,
+                compute_out=None if fused else compute_out,
+            )
         if maps:
             self.probe.record(plan, maps, heads, state.step, site.block)
         return out
@@ -459,11 +569,30 @@ def block_count(family: str, dm) -> int:
     return families.block_count(families.FAMILIES[family], dm)
 
 
-def install(model, config: ProbeConfig):
+def concept_stream(spec, dm, concepts: Concepts) -> ConceptStream:
+    """The concept stream for this model, or a ValueError a user can act on."""
+    if spec.key not in ConceptStream.families:
+        raise ValueError(
+            f"{families.NODE}: concepts work on the joint blocks of SD3 / SD3.5 and Flux.1; this model is "
+            f"{spec.label}. Disconnect concepts, or use one of those models."
+        )
+    stream = ConceptStream(spec.key, dm)
+    dim = int(concepts.embeddings.shape[-1])
+    if dim != stream.context_dim():
+        raise ValueError(
+            f"{families.NODE}: the concepts ({', '.join(concepts.names)}) were encoded into {dim} channels, this "
+            f"{spec.label} model reads text of {stream.context_dim()}; encode them with the text encoder this "
+            "model uses (the CLIP that encodes its prompt) in Enfoque Concepts."
+        )
+    return stream
+
+
+def install(model, config: ProbeConfig, concepts: Concepts | None = None):
     """A clone of ``model`` with the probe's hooks, and the probe. The original is untouched."""
     spec, dm = families.detect(model)
+    stream = concept_stream(spec, dm, concepts) if concepts is not None else None
     probe = ModelProbe(spec.key, families.block_count(spec, dm), families.patch_size(spec, dm), config,
-                       pad_multiple=getattr(dm, "pad_tokens_multiple", None))
+                       pad_multiple=getattr(dm, "pad_tokens_multiple", None), concepts=concepts, stream=stream)
     latent_format = getattr(getattr(model, "model", None), "latent_format", None)
     probe.downscale = int(getattr(latent_format, "spacial_downscale_ratio", 8) or 8)
     m = model.clone()

@@ -9,14 +9,17 @@ import torch
 from comfy_api.latest import io
 
 from ..attention.maps import pool_tokens, share_of_text
-from ..attention.tokens import brief, parse_blocks
+from ..attention.tokens import brief, normalise_word, parse_blocks
+from .concepts import Concepts
 from .model_hooks import SUPPORTED, ModelProbe, ProbeConfig, block_count, install, model_family
 from .notices import IgnoredWeightsNotice
 from .output_nodes import word_preview_images
 from .types import (
     ATTENTION_MAPS,
+    CONCEPTS,
     PATCH_CLIP,
     PATCH_MODEL,
+    ConceptsType,
     Frame,
     FramedMaps,
     Maps,
@@ -87,6 +90,80 @@ def frames_of(per: dict, spans: list[list[int]], labels: list[str], caption, fra
                  for k in sorted(per))
 
 
+def chips_ui(out) -> dict:
+    """For the frontend's word chips (js/enfoque.js): words, shares, one heatmap PNG per word."""
+    return {
+        "enfoque_words": list(out.words),
+        "enfoque_shares": [[round(float(s), 6) for s in row] for row in share_of_text(out).tolist()],
+        "enfoque_word_images": word_preview_images(out),
+    }
+
+
+def concept_labels(names: tuple[str, ...], query: str, node: str) -> tuple[list[str], list[list[int]]]:
+    """Concept names and their indices; ``query`` (comma separated) picks some, empty = all."""
+    if not query.strip():
+        return list(names), [[i] for i in range(len(names))]
+    low = [normalise_word(n) for n in names]
+    labels, spans = [], []
+    for item in dict.fromkeys(x.strip() for x in query.split(",")):
+        if not item:
+            continue
+        if normalise_word(item) not in low:
+            raise ValueError(f"{node}: {brief(item)!r} in words is not one of the concepts: {listed(names)}. Pick "
+                             "concepts from these, or leave words empty for all of them.")
+        labels.append(item)
+        spans.append([low.index(normalise_word(item))])
+    return labels, spans
+
+
+def concept_output(node: str, probe, res, key, words: str, prompt: str, cond_index: int, step: int, block: int,
+                   shape) -> io.NodeOutput:
+    """EnfoqueAttentionMaps with kind = concept."""
+    if not res.concepts:
+        raise ValueError(f"{node}: kind is concept, but {PATCH_MODEL} has no concepts; connect {CONCEPTS} to its "
+                         "concepts input (or set kind to cross).")
+    if key not in res.concept_maps:
+        have = listed(f"{r} #{i}" for r, i in sorted(res.concept_maps))
+        raise ValueError(f"{node}: no concept maps of the {prompt} prompt number {cond_index}; recorded: {have}. "
+                         "Set prompt and prompt_number to one of these.")
+    if step >= 0 and block >= 0:
+        raise ValueError(f"{node}: step {step} and block {block} are both set; choose a step or a block, "
+                         "and set the other to -1.")
+    maps, steps, blocks = res.concept_maps[key], res.active_steps, res.blocks
+    if step >= 0:
+        maps = pick_one(node, "step", step, probe.config.keep_steps, res.concept_step_maps.get(key, {}))
+        steps = [step]
+    if block >= 0:
+        maps = pick_one(node, "block", block, probe.config.keep_blocks, res.concept_block_maps.get(key, {}))
+        blocks = [block]
+    labels, spans = concept_labels(res.concepts, words, node)
+    sigmas = res.step_sigmas
+    step_frames = frames_of(res.concept_step_maps.get(key, {}), spans, labels,
+                            lambda k: f"step {k}" + (f"  sigma {sigmas[k]:.3f}" if k in sigmas else ""))
+    block_frames = frames_of(res.concept_block_maps.get(key, {}), spans, labels, lambda k: f"block {k}")
+    lh, lw = (shape[-2], shape[-1]) if shape is not None else res.grid
+    meta = {
+        "kind": "concept",
+        "model_family": probe.family,
+        "prompt": prompt,
+        "cond_index": cond_index,
+        "words": labels,
+        "concepts": list(res.concepts),
+        "blocks": blocks,
+        "steps": steps,
+        "step_sigmas": {str(k): v for k, v in sorted(sigmas.items()) if k in steps},
+        "sigma_window": [probe.config.start_percent, probe.config.end_percent],
+        "grid": list(res.grid),
+        "image_size": [int(lh) * probe.downscale, int(lw) * probe.downscale],
+        "normalisation": "softmax over the concepts of image-output . concept-output per block call, "
+                         "mean over blocks and steps (ConceptAttention)",
+        "run": res.run,
+    }
+    out = FramedMaps(maps=pool_tokens(maps, spans, words=labels), words=labels, meta=meta, steps=step_frames,
+                     blocks=block_frames)
+    return io.NodeOutput(out, ui=chips_ui(out))
+
+
 class EnfoquePatchModel(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -127,6 +204,10 @@ class EnfoquePatchModel(io.ComfyNode):
                                  tooltip=f"Also keep one map per block ({ATTENTION_MAPS}' block input, "
                                  "Enfoque Heatmaps' over: blocks); each block costs as much memory as the mean, "
                                  "within budget_mb."),
+                ConceptsType.Input("concepts", optional=True,
+                                   tooltip=f"Concepts from {CONCEPTS}: they run through the joint blocks beside "
+                                   f"the prompt and give concept maps ({ATTENTION_MAPS} with kind concept); the "
+                                   "picture does not change. SD3 / SD3.5 and Flux.1."),
             ],
             outputs=[io.Model.Output(), ModelProbeType.Output(display_name="probe")],
             hidden=[io.Hidden.unique_id],
@@ -135,7 +216,7 @@ class EnfoquePatchModel(io.ComfyNode):
     @classmethod
     def execute(cls, model, capture, reweight, blocks, start_percent, end_percent,
                 capture_negative=False, capture_words="", budget_mb=1024.0, keep_steps=False,
-                keep_blocks=False) -> io.NodeOutput:
+                keep_blocks=False, concepts=None) -> io.NodeOutput:
         node = PATCH_MODEL
         if reweight not in ("off", "bias", "scale"):
             raise ValueError(f"{node}: reweight {brief(reweight)!r} is not an option; options: off, bias, scale. "
@@ -159,7 +240,10 @@ class EnfoquePatchModel(io.ComfyNode):
                              capture_negative=bool(capture_negative), capture_words=words,
                              budget_mb=float(budget_mb), keep_steps=bool(keep_steps),
                              keep_blocks=bool(keep_blocks))
-        patched, probe = install(model, config)
+        if concepts is not None and not isinstance(concepts, Concepts):
+            raise ValueError(f"{node}: concepts is {type(concepts).__name__}, not the output of {CONCEPTS}; connect "
+                             f"the concepts output of {CONCEPTS}.")
+        patched, probe = install(model, config, concepts=concepts)
         # with reweight off, weights on the prompt do nothing: say so at each sampling run (and clear it otherwise)
         patched.add_wrapper_with_key(
             patcher_extension.WrappersMP.OUTER_SAMPLE, probe.key + "_notice",
@@ -192,13 +276,21 @@ class EnfoqueAttentionMaps(io.ComfyNode):
                 io.Int.Input("block", default=-1, min=-1, max=1000, optional=True,
                              tooltip="-1 = mean over the blocks; k = the map of block k alone "
                              f"(needs keep_blocks on {PATCH_MODEL}; not together with step)."),
+                io.Combo.Input("kind", options=["cross", "concept"], default="cross", optional=True,
+                               tooltip="cross: where the image attends to each prompt word. concept: concept maps "
+                               f"(the concepts of {CONCEPTS} connected to {PATCH_MODEL}; words then picks "
+                               "concepts), each pixel's share among the concepts."),
             ],
             outputs=[Maps.Output(display_name="maps")],
         )
 
     @classmethod
-    def execute(cls, probe, latent, words, prompt="positive", cond_index=0, step=-1, block=-1) -> io.NodeOutput:
+    def execute(cls, probe, latent, words, prompt="positive", cond_index=0, step=-1, block=-1,
+                kind="cross") -> io.NodeOutput:
         node = ATTENTION_MAPS
+        if kind not in ("cross", "concept"):
+            raise ValueError(f"{node}: kind {brief(kind)!r} is not an option; options: cross, concept. "
+                             "Pick one of them.")
         if not isinstance(probe, ModelProbe):
             got = f"a probe of {PATCH_CLIP}" if getattr(probe, "kind", None) == "clip" else type(probe).__name__
             raise ValueError(f"{node}: probe is {got}, not the probe of {PATCH_MODEL}; connect the probe output "
@@ -225,6 +317,9 @@ class EnfoqueAttentionMaps(io.ComfyNode):
                 f"{PATCH_MODEL}."
             )
         key = (prompt, int(cond_index))
+        if kind == "concept":
+            return concept_output(node, probe, res, key, words, prompt, int(cond_index), int(step), int(block),
+                                  shape)
         if not res.maps and res.notes:
             raise ValueError(f"{node}: the last sampling run of this {PATCH_MODEL} captured no maps: "
                              f"{brief('; '.join(res.notes), 600)}. Fix what these say and run again.")
@@ -282,10 +377,4 @@ class EnfoqueAttentionMaps(io.ComfyNode):
         }
         out = FramedMaps(maps=maps, words=labels, meta=meta, steps=step_frames, blocks=block_frames,
                          frames=video_frames)
-        # for the frontend's word chips (js/enfoque.js): words, shares, one heatmap PNG per word
-        ui = {
-            "enfoque_words": list(out.words),
-            "enfoque_shares": [[round(float(s), 6) for s in row] for row in share_of_text(out).tolist()],
-            "enfoque_word_images": word_preview_images(out),
-        }
-        return io.NodeOutput(out, ui=ui)
+        return io.NodeOutput(out, ui=chips_ui(out))

@@ -56,23 +56,24 @@ def check_capture_words(config: ProbeConfig, routes: Iterable[Route]) -> None:
 
 
 def capture_bytes(config: ProbeConfig, routes: Iterable[Route], images: int, grid: tuple[int, int], steps: int,
-                  blocks: int) -> tuple[int, int]:
+                  blocks: int, concepts: int = 0) -> tuple[int, int]:
     """(captured tokens, bytes) the running sums of a run take: float32 ``[images, tokens, H, W]``, once
-    for the mean and once more per kept step / block."""
-    tokens = sum(len(r.columns) for r in routes if config.captures(r.role))
+    for the mean and once more per kept step / block; concept maps count as ``concepts`` more tokens
+    per captured prompt."""
+    tokens = sum(len(r.columns) + concepts for r in routes if config.captures(r.role))
     copies = 1 + (steps if config.keep_steps else 0) + (blocks if config.keep_blocks else 0)
     return tokens, images * tokens * grid[0] * grid[1] * 4 * copies
 
 
 def check_budget(config: ProbeConfig, routes: Iterable[Route], images: int, grid: tuple[int, int], steps: int,
-                 blocks: int) -> None:
+                 blocks: int, concepts: int = 0) -> None:
     """Refuse, before sampling starts, a capture whose running sums would not fit the budget."""
     if not config.capture:
         return
-    tokens, need = capture_bytes(config, routes, images, grid, steps, blocks)
+    tokens, need = capture_bytes(config, routes, images, grid, steps, blocks, concepts)
     if need > config.budget_mb * 2**20:
         raise ValueError(
-            f"{NODE}: capturing {tokens} tokens for {images} image(s) on a {grid[0]}x{grid[1]} grid "
+            f"{NODE}: capturing {tokens} tokens{' and concepts' if concepts else ''} for {images} image(s) on a {grid[0]}x{grid[1]} grid "
             f"needs {need / 2**20:.0f} MB, over the budget of {config.budget_mb:.0f} MB; raise budget_mb, "
             "capture fewer words (capture_words) or use a smaller batch"
         )

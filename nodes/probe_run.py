@@ -41,6 +41,7 @@ class RunRecord:
     sigma_lo: float
     grid: tuple[int, int] | None = None  # the map grid of the whole latent
     acc: MapAccumulator | None = None
+    concept_acc: MapAccumulator | None = None  # concept maps (EnfoqueConcepts), keyed like acc
     step: int = -1
     last_sigma: float | None = None
     plans: dict[tuple, Any] = field(default_factory=dict)

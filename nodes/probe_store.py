@@ -28,6 +28,10 @@ class ProbeResult:
     step_sigmas: dict[int, float] = field(default_factory=dict)  # step -> its sigma
     frames: int = 1  # latent frames of a video: ``grid`` is ``[frames * H, W]``, one ``H x W`` map per frame
     notes: tuple[str, ...] = ()  # what the run could not capture or reweight, and why (its log)
+    concepts: tuple[str, ...] = ()  # concept names, with EnfoqueConcepts on the patched model
+    concept_maps: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # [B, concepts, H, W]
+    concept_step_maps: dict[tuple[str, int], dict[int, torch.Tensor]] = field(default_factory=dict)
+    concept_block_maps: dict[tuple[str, int], dict[int, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, tuple[int, int]]:

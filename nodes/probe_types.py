@@ -83,6 +83,8 @@ class CallState:
     capture: bool = True  # False in a guidance pass (a second model pass for the same prediction)
     context_len: int | None = None  # tokens of the text context (c_crossattn) this model call was given
     joint_calls: int = 0  # main-layer attention calls seen (NextDiT on a ComfyUI that writes no block index)
+    concept_x: object = None  # the concept stream between blocks (EnfoqueConcepts), a tensor once started
+    concept_stopped: bool = False  # the stream could not go on in this model call (said in the run's log)
 
 
 @dataclass

@@ -22,6 +22,7 @@ ModelProbeType = io.Custom("ENFOQUE_MODEL_PROBE")
 ClipProbeType = io.Custom("ENFOQUE_CLIP_PROBE")
 LEGACY_PROBE = "ENFOQUE_PROBE"  # the one probe type of workflows saved before the split
 Maps = io.Custom("ENFOQUE_MAPS")
+ConceptsType = io.Custom("ENFOQUE_CONCEPTS")
 
 # node id -> display name: what the canvas shows, and how errors, notices and tooltips name a node
 DISPLAY_NAMES = {
@@ -34,6 +35,8 @@ DISPLAY_NAMES = {
     "EnfoqueMapsToMask": "Enfoque Maps To Mask",
     "EnfoqueSaveAttentionMaps": "Enfoque Save Attention Maps",
     "EnfoqueLoadAttentionMaps": "Enfoque Load Attention Maps",
+    "EnfoqueConcepts": "Enfoque Concepts",
+    "EnfoqueImageMaps": "Enfoque Image Maps",
 }
 
 PATCH_MODEL = DISPLAY_NAMES["EnfoquePatchModel"]
@@ -45,6 +48,8 @@ HEATMAPS = DISPLAY_NAMES["EnfoqueHeatmaps"]
 MAPS_TO_MASK = DISPLAY_NAMES["EnfoqueMapsToMask"]
 SAVE_MAPS = DISPLAY_NAMES["EnfoqueSaveAttentionMaps"]
 LOAD_MAPS = DISPLAY_NAMES["EnfoqueLoadAttentionMaps"]
+CONCEPTS = DISPLAY_NAMES["EnfoqueConcepts"]
+IMAGE_MAPS = DISPLAY_NAMES["EnfoqueImageMaps"]
 
 
 def listed(items, limit: int = 60, quote: bool = False) -> str:
