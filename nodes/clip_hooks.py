@@ -55,6 +55,7 @@ from ..attention.tokens import (
     tokens_text,
     words_from_text,
 )
+from .comfy_sdpa import fused_route, one_sdpa_call
 from .probe_types import Shared
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ class LLMText:
 
 
 class ClipProbe(Shared):
-    """ENFOQUE_PROBE from EnfoquePatchCLIP: the last few encodes' token x token maps."""
+    """ENFOQUE_CLIP_PROBE from Enfoque Patch CLIP: the last few encodes' token x token maps."""
 
     kind = "clip"
 
@@ -538,10 +539,13 @@ class AttentionForward(Shared):
             def compute_out(q_, k_, v_, m_):
                 return func(q_, k_, v_, heads, m_, **kw)
 
-            out, maps = attend(q, k, v, heads, mask=mask, skip_reshape=skip,
-                               skip_output_reshape=bool(kw.get("skip_output_reshape", False)),
-                               reweight=reweight, captures=caps, query_range=(0, n_q),
-                               compute_out=None if (func in _PYTORCH and caps) else compute_out)
+            # ComfyUI's SDPA backend in one call: the engine makes that call itself, as ComfyUI does (`comfy_sdpa`)
+            fused = func in _PYTORCH and bool(caps) and one_sdpa_call(rows)
+            with fused_route(fused):
+                out, maps = attend(q, k, v, heads, mask=mask, skip_reshape=skip,
+                                   skip_output_reshape=bool(kw.get("skip_output_reshape", False)),
+                                   reweight=reweight, captures=caps, query_range=(0, n_q),
+                                   compute_out=None if fused else compute_out)
             if maps:
                 state.maps[self.key].layers.append(maps[0] / heads)
             return out

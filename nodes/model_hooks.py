@@ -61,7 +61,7 @@ _ids = itertools.count()
 
 
 class ModelProbe(Shared):
-    """ENFOQUE_PROBE from EnfoquePatchModel: its config, the current run and the finished ones.
+    """ENFOQUE_MODEL_PROBE from Enfoque Patch Model: its config, the current run and the finished ones.
 
     The pieces live in their own modules: checks before a run (`probe_checks`), which
     conditioning is which (`probe_routes`), the plan of an attention call (`probe_plan`),

@@ -1,0 +1,194 @@
+"""The fused route makes ComfyUI's own SDPA call (nodes/comfy_sdpa.py), on tiny real models.
+
+- Kernel priority. On CUDA (ComfyUI 0.8.0: on Windows) ComfyUI's comfy/ops.py defines
+  ``SDPA_BACKEND_PRIORITY`` and a ``scaled_dot_product_attention`` that runs SDPA inside
+  ``sdpa_kernel(SDPA_BACKEND_PRIORITY, set_priority=True)``. Here, on the CPU, that code of ComfyUI's
+  own comfy/ops.py is run with its condition made true (``torch.cuda.is_available``, ``WINDOWS``), and
+  the priority list it built is then narrowed to MATH, a choice that shows on the CPU (SDPA runs its
+  flash kernel otherwise). The fused route must give ComfyUI's output bit for bit, for the diffusion
+  model and the text encoder, and enter the context only where ComfyUI does.
+- Batch limit. ComfyUI's ``attention_pytorch`` splits a batch above ``SDP_BATCH_LIMIT``; the fused
+  route is taken only within it.
+- The engine's fallback notes come once per sampling run.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from pathlib import Path
+
+import pytest
+import tiny_models
+import torch
+
+# the tiny models, prompts and sampling of test_model_probe; its model cache is released after this module too
+from test_model_probe import _release_models, family, ksample, patch  # noqa: F401
+from test_model_probe import _stock_sdpa as stock_sdpa_backend
+from torch.nn.attention import SDPBackend
+
+pytestmark = pytest.mark.host
+
+PROMPT = "a red cat on a blue chair"
+LONG_PROMPT = ", ".join(["a small red cat on a blue wooden chair in a sunny garden"] * 10)  # two CLIP chunks
+MATH_NOTE = "SDPA runs the math kernel on cpu here"
+FAMILIES = ["sd3", "sd15"]
+
+
+def sample(comfy, model, pos, neg, latent_node, cfg) -> torch.Tensor:
+    return ksample(comfy, model, pos, neg, latent_node, cfg)["samples"]
+
+
+def comfy_priority_branch(monkeypatch, priority: list) -> list:
+    """Runs the block of ComfyUI's own comfy/ops.py that defines ``SDPA_BACKEND_PRIORITY`` and the
+    ``scaled_dot_product_attention`` running SDPA in its ``sdpa_kernel`` context, with the block's condition
+    true, and puts both on ``comfy.ops`` (undone after the test) with ``priority`` as the list. Returns the
+    list ComfyUI built."""
+    import comfy.model_management
+    import comfy.ops
+
+    source = Path(comfy.ops.__file__).read_text()
+    (block,) = [n for n in ast.parse(source).body
+                if isinstance(n, ast.Try) and "SDPA_BACKEND_PRIORITY" in ast.unparse(n)]
+    scope = dict(vars(comfy.ops))
+    with monkeypatch.context() as m:  # the condition, true only while ComfyUI's block runs
+        m.setattr(torch.cuda, "is_available", lambda: True)
+        m.setattr(comfy.model_management, "WINDOWS", True)
+        exec(compile(ast.Module(body=[block], type_ignores=[]), comfy.ops.__file__, "exec"), scope)
+    built = list(scope["SDPA_BACKEND_PRIORITY"])
+    scope["SDPA_BACKEND_PRIORITY"] = priority  # ComfyUI's wrapper reads its module global at each call
+    monkeypatch.setattr(comfy.ops, "SDPA_BACKEND_PRIORITY", priority, raising=False)
+    monkeypatch.setattr(comfy.ops, "scaled_dot_product_attention", scope["scaled_dot_product_attention"])
+    return built
+
+
+def spy_routes(comfy, monkeypatch, module: str) -> list[tuple[bool, int]]:
+    """(fused route taken, batch) of each `attend` call of a hooks module (the engine itself runs)."""
+    hooks = comfy.submodule(module)
+    seen: list[tuple[bool, int]] = []
+    real = hooks.attend
+
+    def spy(q, *args, **kwargs):
+        seen.append((kwargs.get("compute_out") is None, int(q.shape[0])))
+        return real(q, *args, **kwargs)
+
+    monkeypatch.setattr(hooks, "attend", spy)
+    return seen
+
+
+def notes(caplog, text: str) -> int:
+    return sum(text in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fused_route_runs_in_comfys_sdpa_context(comfy, tiny_dir, name, monkeypatch, caplog):
+    stock_sdpa_backend(monkeypatch)
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, name)
+    plain, plain_probe = patch(comfy, model)
+    flash = sample(comfy, model, pos, neg, latent_node, cfg)
+    sample(comfy, plain, pos, neg, latent_node, cfg)  # maps of the route without ComfyUI's context
+    built = comfy_priority_branch(monkeypatch, [SDPBackend.MATH])
+    assert built[0] == SDPBackend.CUDNN_ATTENTION, built  # what ComfyUI puts first on such a machine
+    stock = sample(comfy, model, pos, neg, latent_node, cfg)
+    assert not torch.equal(stock, flash), "the kernel does not show in the output here: the test cannot tell"
+    patched, probe = patch(comfy, model)
+    seen = spy_routes(comfy, monkeypatch, "nodes.model_hooks")
+    with caplog.at_level(logging.INFO):
+        for _ in range(2):
+            out = sample(comfy, patched, pos, neg, latent_node, cfg)
+            assert torch.equal(out, stock), "the fused route did not make ComfyUI's SDPA call"
+    assert seen and all(fused for fused, _ in seen)
+    # the math kernel gives no log-sum-exp: said once in each run (the hooks reset the engine's notes)
+    assert notes(caplog, MATH_NOTE) == 2, [r.getMessage() for r in caplog.records]
+    torch.testing.assert_close(probe.result.maps[("positive", 0)], plain_probe.result.maps[("positive", 0)],
+                               atol=1e-6, rtol=0)
+
+
+def test_no_context_where_comfy_has_none(comfy, tiny_dir, monkeypatch, caplog):
+    """Without ComfyUI's priority (this CPU host as it is) the fused route runs SDPA's own choice."""
+    import comfy.ops as comfy_ops
+
+    assert getattr(comfy_ops, "SDPA_BACKEND_PRIORITY", None) is None
+    stock_sdpa_backend(monkeypatch)
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, "sd3")
+    stock = sample(comfy, model, pos, neg, latent_node, cfg)
+    patched, _ = patch(comfy, model)
+    seen = spy_routes(comfy, monkeypatch, "nodes.model_hooks")
+    sdpa = comfy.submodule("attention.sdpa")
+    sdpa.reset_routes()
+    with caplog.at_level(logging.INFO):
+        out = sample(comfy, patched, pos, neg, latent_node, cfg)
+    assert torch.equal(out, stock)
+    assert seen and all(fused for fused, _ in seen)
+    engine = [r.getMessage() for r in caplog.records if r.name.endswith(("attention.sdpa", "attention.engine"))]
+    assert engine == [], engine  # SDPA's own choice here is the CPU flash kernel: no fallback
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fused_route_only_within_comfys_batch_limit(comfy, tiny_dir, name, monkeypatch):
+    attention = stock_sdpa_backend(monkeypatch)
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, name)
+    plain, plain_probe = patch(comfy, model)
+    sample(comfy, plain, pos, neg, latent_node, cfg)
+    monkeypatch.setattr(attention, "SDP_BATCH_LIMIT", 1)  # ComfyUI now runs SDPA per batch row
+    stock = sample(comfy, model, pos, neg, latent_node, cfg)
+    patched, probe = patch(comfy, model)
+    seen = spy_routes(comfy, monkeypatch, "nodes.model_hooks")
+    out = sample(comfy, patched, pos, neg, latent_node, cfg)
+    assert torch.equal(out, stock)
+    assert max(b for _, b in seen) == 2, "cond and uncond were not batched: the limit is not crossed"
+    assert seen and not any(fused for fused, b in seen if b > 1), "the fused route took a batch ComfyUI splits"
+    torch.testing.assert_close(probe.result.maps[("positive", 0)], plain_probe.result.maps[("positive", 0)],
+                               atol=1e-6, rtol=0)
+    monkeypatch.setattr(attention, "SDP_BATCH_LIMIT", 2)
+    seen.clear()
+    assert torch.equal(sample(comfy, patched, pos, neg, latent_node, cfg), stock)
+    assert seen and all(fused for fused, _ in seen)
+
+
+def pytorch_text_attention(monkeypatch):
+    """The text encoders on ComfyUI's SDPA backend, as on a GPU (``--use-pytorch-cross-attention``; this CPU
+    host gives them ``attention_basic``)."""
+    import comfy.model_management
+
+    monkeypatch.setattr(comfy.model_management, "ENABLE_PYTORCH_ATTENTION", True)
+
+
+def encode(comfy, clip, text: str):
+    return comfy.run("CLIPTextEncode", clip=clip, text=text)[0][0][0]
+
+
+def test_text_encoder_fused_route_in_comfys_sdpa_context(comfy, monkeypatch, caplog):
+    pytorch_text_attention(monkeypatch)
+    clip = tiny_models.clip_sd15()
+    patched, _ = comfy.run("EnfoquePatchCLIP", clip=clip, weight_mode="attention", capture=True)
+    flash = encode(comfy, clip, PROMPT)
+    comfy_priority_branch(monkeypatch, [SDPBackend.MATH])
+    stock = encode(comfy, clip, PROMPT)
+    assert not torch.equal(stock, flash), "the kernel does not show in the output here: the test cannot tell"
+    seen = spy_routes(comfy, monkeypatch, "nodes.clip_hooks")
+    comfy.submodule("attention.sdpa").reset_fallback_log()  # (a sampling run does this; here no run comes first)
+    with caplog.at_level(logging.INFO):
+        got = encode(comfy, patched, PROMPT)
+    assert seen and all(fused for fused, _ in seen)
+    assert torch.equal(got, stock), "the text encoder's fused route did not make ComfyUI's SDPA call"
+    assert notes(caplog, MATH_NOTE) >= 1
+
+
+def test_text_encoder_fused_route_only_within_comfys_batch_limit(comfy, monkeypatch):
+    import comfy.ldm.modules.attention as attention
+
+    pytorch_text_attention(monkeypatch)
+    clip = tiny_models.clip_sd15()
+    patched, _ = comfy.run("EnfoquePatchCLIP", clip=clip, weight_mode="attention", capture=True)
+    monkeypatch.setattr(attention, "SDP_BATCH_LIMIT", 1)
+    stock = encode(comfy, clip, LONG_PROMPT)
+    seen = spy_routes(comfy, monkeypatch, "nodes.clip_hooks")
+    got = encode(comfy, patched, LONG_PROMPT)
+    assert torch.equal(got, stock)
+    assert seen and all(b == 2 for _, b in seen), "the long prompt was not one batch of two chunks"
+    assert not any(fused for fused, _ in seen), "the fused route took a batch ComfyUI splits"
+    monkeypatch.setattr(attention, "SDP_BATCH_LIMIT", 2)
+    seen.clear()
+    assert torch.equal(encode(comfy, patched, LONG_PROMPT), stock)
+    assert seen and all(fused for fused, _ in seen)
