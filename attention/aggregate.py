@@ -87,8 +87,8 @@ class MapAccumulator:
         if key not in store:
             if self.bytes_used() + m.numel() * 4 > self.budget_bytes:
                 raise BudgetExceeded(
-                    f"keeping per-step/per-block maps needs more than the budget of "
-                    f"{self.budget_bytes / 2**20:.0f} MB; raise the budget or keep fewer"
+                    f"keeping per-step/per-block maps needs more than the capture budget of "
+                    f"{self.budget_bytes / 2**20:.3g} MB"
                 )
             store[key] = torch.zeros_like(m)
             counts[key] = 0
@@ -116,7 +116,7 @@ class MapAccumulator:
             if self.bytes_used() + m.numel() * 4 > self.budget_bytes:
                 raise BudgetExceeded(
                     f"attention maps of shape {tuple(m.shape)} exceed the capture budget of "
-                    f"{self.budget_bytes / 2**20:.0f} MB; capture fewer words or raise the budget"
+                    f"{self.budget_bytes / 2**20:.3g} MB"
                 )
             rec = self.records[key] = Record(total=torch.zeros_like(m))
         elif rec.total.shape != m.shape:

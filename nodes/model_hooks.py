@@ -35,7 +35,7 @@ import comfy.patcher_extension as patcher_extension
 import comfy.samplers as comfy_samplers
 import torch
 
-from ..attention.aggregate import MapAccumulator
+from ..attention.aggregate import BudgetExceeded, MapAccumulator
 from ..attention.concepts import concept_attention, concept_scores
 from ..attention.engine import attend, from_bhnd, to_bhnd
 from ..attention.sdpa import reset_fallback_log
@@ -299,6 +299,9 @@ class OuterSampleWrapper(Shared):
             out = executor(*args, **kwargs)
             ok = True
             return out
+        except BudgetExceeded as exc:  # more maps than estimated before the run (e.g. several sigmas per step)
+            raise ValueError(f"{families.NODE}: while sampling, {exc}. Raise budget_mb, turn off keep_steps / "
+                             "keep_blocks, or capture fewer words (capture_words).") from exc
         finally:
             self.probe.end_run(ok)
 

@@ -727,6 +727,24 @@ def test_hires_fix_graph(comfy, tiny_dir, name):
                   words="")
 
 
+def test_budget_exceeded_while_sampling_names_the_node(comfy, tiny_dir):
+    """dpm_2 calls the model at more sigmas than its step count, so keep_steps keeps more maps than the
+    estimate that passed before the run: the refusal during sampling is in the pack's error style."""
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, "sd3")
+    latent = latent_for(comfy, latent_node)
+    plain, probe = patch(comfy, model)
+    ksample(comfy, plain, pos, neg, latent, cfg, steps=4)
+    copy_mb = probe.result.maps[("positive", 0)].numel() * 4 / 2**20  # one kept map of the run
+    patched, _ = patch(comfy, model, keep_steps=True, budget_mb=6.5 * copy_mb)  # fits 1 + 4 steps, not 1 + 7
+    with pytest.raises(ValueError) as refused:
+        comfy.run("KSampler", model=patched, seed=3, steps=4, cfg=cfg, sampler_name="dpm_2", scheduler="simple",
+                  positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    message = str(refused.value)
+    check_style(message, "Enfoque Patch Model")
+    assert "while sampling, keeping per-step/per-block maps needs more than the capture budget of" in message
+    assert "Raise budget_mb, turn off keep_steps / keep_blocks" in message
+
+
 def test_unsupported_model_is_refused(comfy, tiny_dir):
     model, *_ = family(comfy, tiny_dir, "sd3")
     odd = model.clone()
