@@ -53,7 +53,7 @@ def comfy_priority_branch(monkeypatch, priority: list) -> list:
     scope = dict(vars(comfy.ops))
     with monkeypatch.context() as m:  # the condition, true only while ComfyUI's block runs
         m.setattr(torch.cuda, "is_available", lambda: True)
-        m.setattr(comfy.model_management, "WINDOWS", True)
+        m.setattr(comfy.model_management, "WINDOWS", True, raising=False)  # (0.3.64's block does not ask)
         exec(compile(ast.Module(body=[block], type_ignores=[]), comfy.ops.__file__, "exec"), scope)
     built = list(scope["SDPA_BACKEND_PRIORITY"])
     scope["SDPA_BACKEND_PRIORITY"] = priority  # ComfyUI's wrapper reads its module global at each call

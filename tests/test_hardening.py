@@ -177,11 +177,12 @@ def changed(g: dict, node: str, **inputs) -> dict:
 
 LONG_TEXT = ("a small red cat sitting on a blue wooden chair in the sunny garden, " * 1500)[:100_000]
 
-# (case id, node to change, its new inputs, failing node, owner of the message, needles)
+# (case id, node to change, its new inputs, failing node, owner of the message, needles); a COMBO value is refused by
+# ComfyUI's validation on 0.8.0 ("'loud' not in ['off', ...]") and by the node itself on 0.3.64 ("options: off, ...")
 BAD_INPUTS = [
     # EnfoquePatchModel
     ("model-not-a-model", "7", {"model": ["2", 0]}, "EnfoquePatchModel", None, ("MODEL", "CLIP")),
-    ("reweight-unknown", "7", {"reweight": "loud"}, "EnfoquePatchModel", None, ("reweight", "'loud'", "'scale'")),
+    ("reweight-unknown", "7", {"reweight": "loud"}, "EnfoquePatchModel", None, ("reweight", "'loud'", "scale")),
     ("start-not-a-number", "7", {"start_percent": "soon"}, "EnfoquePatchModel", None, ("start_percent", "soon")),
     ("end-above-max", "7", {"end_percent": 2.0}, "EnfoquePatchModel", None, ("end_percent", "2.0", "max of 1.0")),
     ("budget-negative", "7", {"budget_mb": -5.0}, "EnfoquePatchModel", None, ("budget_mb", "-5.0", "min of 1.0")),
@@ -209,7 +210,7 @@ BAD_INPUTS = [
     # EnfoquePatchCLIP
     ("clip-not-a-clip", "3", {"clip": ["1", 0]}, "EnfoquePatchCLIP", None, ("CLIP", "MODEL")),
     ("weight-mode-unknown", "3", {"weight_mode": "louder"}, "EnfoquePatchCLIP", None,
-     ("weight_mode", "'louder'", "'attention'")),
+     ("weight_mode", "'louder'", "attention")),
     ("prompt-weight-nan", "4", {"text": "a red (cat:nan) on a blue chair"}, "CLIPTextEncode", "EnfoquePatchCLIP",
      ("the prompt weight nan is not a finite number", "write weights such as (cat:1.2)")),
     ("prompt-weight-negative", "4", {"text": "a red (cat:-1) on a blue chair"}, "CLIPTextEncode",
@@ -245,7 +246,7 @@ BAD_INPUTS = [
     ("maps-negative-not-captured", "10", {"prompt": "negative"}, "EnfoqueAttentionMaps", None,
      ("no maps of the negative prompt number 0", "recorded: positive #0", "turn on capture_negative")),
     ("maps-prompt-unknown", "10", {"prompt": "neutral"}, "EnfoqueAttentionMaps", None,
-     ("prompt", "'neutral'", "'positive'")),
+     ("prompt", "'neutral'", "positive")),
     ("maps-cond-index", "10", {"cond_index": 3}, "EnfoqueAttentionMaps", None,
      ("positive prompt number 3", "recorded: positive #0", "Set prompt and prompt_number to one of these")),
     ("maps-latent-of-another-size", "10", {"latent": ["20", 0]}, "EnfoqueAttentionMaps", None,
@@ -264,14 +265,14 @@ BAD_INPUTS = [
      ("layer 40 is out of range", "12 layers (0-11)", "Pick one of them")),
     ("text-layer-above-max", "17", {"layer": 500}, "EnfoqueTextAttentionMaps", None, ("layer", "500", "max of 128")),
     ("text-encoder-unknown", "17", {"encoder": "clip_x"}, "EnfoqueTextAttentionMaps", None,
-     ("encoder", "'clip_x'", "'t5xxl'")),
+     ("encoder", "'clip_x'", "t5xxl")),
     ("text-level-unknown", "17", {"level": "letters"}, "EnfoqueTextAttentionMaps", None,
-     ("level", "'letters'", "'tokens'")),
+     ("level", "'letters'", "tokens")),
     ("text-empty-prompt", "text-only", {"text": ""}, "EnfoqueTextAttentionMaps", None,
      ("no words in encoder 'l'", "give it words, or set level to tokens")),
     # EnfoqueHeatmaps
     ("heatmaps-colormap", "11", {"colormap": "rainbowish"}, "EnfoqueHeatmaps", None,
-     ("colormap", "'rainbowish'", "'viridis'")),
+     ("colormap", "'rainbowish'", "viridis")),
     ("heatmaps-opacity-nan", "11", {"opacity": math.nan}, "EnfoqueHeatmaps", None,
      ("opacity nan is outside 0..1", "set it between 0")),
     ("heatmaps-columns", "11", {"columns": -1}, "EnfoqueHeatmaps", None, ("columns", "-1", "min of 0")),
@@ -292,7 +293,7 @@ BAD_INPUTS = [
      ("'../../escape/maps' points outside the output folder", "use a relative prefix")),
     ("save-100kB-prefix", "16", {"filename_prefix": "m" * 100_000}, "EnfoqueSaveAttentionMaps", None,
      ("cannot write 'mmm", "use a shorter filename_prefix")),
-    ("save-format", "16", {"format": "tiff"}, "EnfoqueSaveAttentionMaps", None, ("format", "'tiff'", "'npz'")),
+    ("save-format", "16", {"format": "tiff"}, "EnfoqueSaveAttentionMaps", None, ("format", "'tiff'", "npz")),
 ]
 
 

@@ -2,7 +2,8 @@
 
 A process can import one ComfyUI only, so a subset of the host tests runs in a
 subprocess with ``COMFYUI_PATH`` pointing at the oldest checkout: loading, sampling
-the tiny models, the model probe, the text encoders, the output nodes and the
+the tiny models, the model probe, the text encoders, the output nodes, ComfyUI's own
+SDPA call on the fused route (0.3.64 sets its kernel priority on any CUDA) and the
 hardening checks (composition, lifecycle, a few bad inputs through a live server).
 
 The checkout is found as ``COMFYUI_OLDEST_PATH``, then ``.venv/.comfyui-oldest-path``
@@ -75,8 +76,8 @@ FAMILIES = [
                  "test_patch_clip_on_llm_encoders_captures_exact_maps[lumina2]",
                  "test_prompt_weights_on_llm_encoders[qwen_image]")
 ]
-SUBSET = ["test_host_basics.py", "test_model_probe.py", "test_text_encoders.py", "test_output_nodes.py", *HARDENING,
-          *FAMILIES]
+SUBSET = ["test_host_basics.py", "test_model_probe.py", "test_text_encoders.py", "test_output_nodes.py",
+          "test_comfy_sdpa.py", *HARDENING, *FAMILIES]
 
 
 def find_oldest() -> tuple[Path | None, str]:
