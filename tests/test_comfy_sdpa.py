@@ -2,8 +2,8 @@
 
 - Kernel priority. On CUDA (ComfyUI 0.8.0: on Windows) ComfyUI's comfy/ops.py defines
   ``SDPA_BACKEND_PRIORITY`` and a ``scaled_dot_product_attention`` that runs SDPA inside
-  ``sdpa_kernel(SDPA_BACKEND_PRIORITY, set_priority=True)``. Here, on the CPU, that code of ComfyUI's
-  own comfy/ops.py is run with its condition made true (``torch.cuda.is_available``, ``WINDOWS``), and
+  ``sdpa_kernel(SDPA_BACKEND_PRIORITY, set_priority=True)``. Here, on the CPU, ComfyUI's own
+  comfy/ops.py is loaded again with that condition made true (``torch.cuda.is_available``, ``WINDOWS``), and
   the priority list it built is then narrowed to MATH, a choice that shows on the CPU (SDPA runs its
   flash kernel otherwise). The fused route must give ComfyUI's output bit for bit, for the diffusion
   model and the text encoder, and enter the context only where ComfyUI does.
@@ -14,9 +14,7 @@
 
 from __future__ import annotations
 
-import ast
 import logging
-from pathlib import Path
 
 import pytest
 import tiny_models
@@ -40,25 +38,25 @@ def sample(comfy, model, pos, neg, latent_node, cfg) -> torch.Tensor:
 
 
 def comfy_priority_branch(monkeypatch, priority: list) -> list:
-    """Runs the block of ComfyUI's own comfy/ops.py that defines ``SDPA_BACKEND_PRIORITY`` and the
-    ``scaled_dot_product_attention`` running SDPA in its ``sdpa_kernel`` context, with the block's condition
-    true, and puts both on ``comfy.ops`` (undone after the test) with ``priority`` as the list. Returns the
-    list ComfyUI built."""
+    """ComfyUI's own comfy/ops.py loaded a second time, as a module of its own (``comfy.ops`` stays as it is),
+    with the condition of its kernel-priority branch true; the ``SDPA_BACKEND_PRIORITY`` and the
+    ``scaled_dot_product_attention`` it defines there are put on ``comfy.ops`` (undone after the test),
+    with ``priority`` as the list. Returns the list ComfyUI built."""
+    import importlib.util
+
     import comfy.model_management
     import comfy.ops
 
-    source = Path(comfy.ops.__file__).read_text()
-    (block,) = [n for n in ast.parse(source).body
-                if isinstance(n, ast.Try) and "SDPA_BACKEND_PRIORITY" in ast.unparse(n)]
-    scope = dict(vars(comfy.ops))
-    with monkeypatch.context() as m:  # the condition, true only while ComfyUI's block runs
+    spec = importlib.util.spec_from_file_location("comfy.enfoque_test_ops_on_cuda", comfy.ops.__file__)
+    on_cuda = importlib.util.module_from_spec(spec)
+    with monkeypatch.context() as m:  # the condition, true only while ComfyUI's module runs
         m.setattr(torch.cuda, "is_available", lambda: True)
-        m.setattr(comfy.model_management, "WINDOWS", True, raising=False)  # (0.3.64's block does not ask)
-        exec(compile(ast.Module(body=[block], type_ignores=[]), comfy.ops.__file__, "exec"), scope)
-    built = list(scope["SDPA_BACKEND_PRIORITY"])
-    scope["SDPA_BACKEND_PRIORITY"] = priority  # ComfyUI's wrapper reads its module global at each call
+        m.setattr(comfy.model_management, "WINDOWS", True, raising=False)  # (0.3.64's branch does not ask)
+        spec.loader.exec_module(on_cuda)
+    built = list(on_cuda.SDPA_BACKEND_PRIORITY)
+    on_cuda.SDPA_BACKEND_PRIORITY = priority  # ComfyUI's wrapper reads its module global at each call
     monkeypatch.setattr(comfy.ops, "SDPA_BACKEND_PRIORITY", priority, raising=False)
-    monkeypatch.setattr(comfy.ops, "scaled_dot_product_attention", scope["scaled_dot_product_attention"])
+    monkeypatch.setattr(comfy.ops, "scaled_dot_product_attention", on_cuda.scaled_dot_product_attention)
     return built
 
 
