@@ -132,6 +132,11 @@ def comfy_server(comfy, tmp_path_factory):
     try:
         # written while the server boots; ComfyUI rescans model folders on request
         tiny_models.write_models(server.models_dir)
+        # the picture the "Shapes - explain an image" template loads (tools/shapes.py install --input)
+        sys.path.insert(0, str(TESTS_DIR.parent / "tools"))
+        import shapes
+
+        shapes.write_example(server.input_dir)
         server.wait_ready()
         yield server
     finally:

@@ -40,6 +40,7 @@ EXAMPLES = REPO_ROOT / "example_workflows"
 FRONTEND_ONLY = {"MarkdownNote", "Note"}  # virtual nodes: drawn by the frontend, never sent to the server
 GROUPS = ["Load", "Encode", "Sample", "Look"]
 TITLE_H = 30
+FIXED_NAMES = {"shapes_attention_maps"}  # issue #11 fixes this file name (example_workflows/shapes_attention_maps.json)
 
 
 def display_names() -> dict[str, str]:
@@ -73,7 +74,8 @@ def test_every_template_has_a_readable_title_and_a_thumbnail():
     assert len(paths) >= 4, [p.name for p in paths]
     for p in paths:
         title = p.stem  # the template browser shows the file name
-        assert re.fullmatch(r"[A-Z][A-Za-z0-9.]*( [A-Za-z0-9.,]+)* - [a-z][a-z0-9 ,.]+", title), title
+        if title not in FIXED_NAMES:
+            assert re.fullmatch(r"[A-Z][A-Za-z0-9.]*( [A-Za-z0-9.,]+)* - [a-z][a-z0-9 ,.]+", title), title
         thumb = p.with_suffix(".jpg")
         assert thumb.is_file(), f"{p.name}: no thumbnail {thumb.name}"
         with Image.open(thumb) as im:
@@ -155,8 +157,11 @@ def test_example_workflow_is_consistent(comfy_server, path):
     assert len(nodes) == len(wf["nodes"]), "duplicate node ids"
     assert max(nodes) <= wf["last_node_id"]
     types = {n["type"] for n in nodes.values()}
-    assert {"EnfoquePatchCLIP", "EnfoquePatchModel", "EnfoqueAttentionMaps", "EnfoqueHeatmaps", "KSampler",
-            "VAEDecode"} <= types
+    core = {"EnfoquePatchCLIP", "EnfoquePatchModel", "EnfoqueHeatmaps"}
+    # a picture the user has (Enfoque Image Maps) or one the sampler makes
+    core |= {"EnfoqueImageMaps", "VAEEncode"} if "EnfoqueImageMaps" in types else {
+        "EnfoqueAttentionMaps", "KSampler", "VAEDecode"}
+    assert core <= types
     missing = types - set(info) - FRONTEND_ONLY
     assert not missing, f"{path.name}: node types unknown to the server: {sorted(missing)}"
 

@@ -56,7 +56,13 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "SaveAnimatedWEBP": ([("images", "IMAGE")], []),
     "MarkdownNote": ([], []),
     "EnfoquePatchCLIP": ([("clip", "CLIP")], [("CLIP", "CLIP"), ("probe", "ENFOQUE_CLIP_PROBE")]),
-    "EnfoquePatchModel": ([("model", "MODEL")], [("MODEL", "MODEL"), ("probe", "ENFOQUE_MODEL_PROBE")]),
+    "EnfoquePatchModel": ([("model", "MODEL"), ("concepts", "ENFOQUE_CONCEPTS")],
+                          [("MODEL", "MODEL"), ("probe", "ENFOQUE_MODEL_PROBE")]),
+    "EnfoqueConcepts": ([("clip", "CLIP")], [("concepts", "ENFOQUE_CONCEPTS")]),
+    "EnfoqueImageMaps": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT")],
+                         [("maps", "ENFOQUE_MAPS"), ("concept_maps", "ENFOQUE_MAPS")]),
+    "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "VAEEncode": ([("pixels", "IMAGE"), ("vae", "VAE")], [("LATENT", "LATENT")]),
     "EnfoqueTokenWeights": ([("conditioning", "CONDITIONING")], [("CONDITIONING", "CONDITIONING")]),
     "EnfoqueAttentionMaps": ([("probe", "ENFOQUE_MODEL_PROBE"), ("latent", "LATENT")], [("maps", "ENFOQUE_MAPS")]),
     "EnfoqueHeatmaps": ([("maps", "ENFOQUE_MAPS"), ("image", "IMAGE")], [("image", "IMAGE")]),
@@ -90,6 +96,10 @@ SIZES = {
     "EnfoqueHeatmaps": (460, 560),
     "EnfoqueMapsToMask": (380, 430),
     "EnfoqueSaveAttentionMaps": (380, 90),
+    "EnfoqueConcepts": (400, 120),
+    "EnfoqueImageMaps": (340, 180),
+    "LoadImage": (340, 400),
+    "VAEEncode": (220, 50),
 }
 
 GROUP_COLOURS = {"Load": "#3f5f7f", "Encode": "#5f7f3f", "Sample": "#7f5f3f", "Look": "#6f3f7f"}
@@ -244,6 +254,14 @@ NODE_NOTES = {
     "inpainting or compositing.",
     "EnfoqueSaveAttentionMaps": "**Enfoque Save Attention Maps** writes the maps with their words to "
     "`output/enfoque/` (safetensors, npz or PNG).",
+    "EnfoqueConcepts": "**Enfoque Concepts** encodes each concept on its own; connected to Enfoque Patch Model, "
+    "the concepts run through the model beside the prompt (the picture does not change) and give concept maps: "
+    "at each pixel, each concept's share.",
+    "EnfoqueAttentionMapsConcept": "**Enfoque Attention Maps** with *kind: concept* reads the concept maps of "
+    "the last run.",
+    "EnfoqueImageMaps": "**Enfoque Image Maps** explains a picture you already have: it noises its latent "
+    "(*noise* of the sigma range), runs the patched model once per *repeat* and averages the maps of the "
+    "prompt's words (maps) and of the concepts (concept_maps).",
 }
 
 
@@ -281,7 +299,7 @@ def look_nodes(words: str, stem: str, mask_word: str = "", over: str = "mean") -
     nodes = [
         Node("decode", "VAEDecode", [], "Look", 0),
         Node("save", "SaveImage", [f"enfoque/{stem}"], "Look", 0),
-        Node("maps", "EnfoqueAttentionMaps", [words, "positive", 0, -1, -1], "Look", 1),
+        Node("maps", "EnfoqueAttentionMaps", [words, "positive", 0, -1, -1, "cross"], "Look", 1),
         Node("heat", "EnfoqueHeatmaps", ["viridis", 0.6, "minmax", 0, over], "Look", 1,
              title=None if over == "mean" else f"Enfoque Heatmaps (one per {over[:-1]})"),
     ]
@@ -301,6 +319,26 @@ def look_nodes(words: str, stem: str, mask_word: str = "", over: str = "mean") -
         Node("savemaps", "EnfoqueSaveAttentionMaps", [f"enfoque/{stem}_maps", "safetensors"], "Look", 2),
     ]
     return nodes, [*links, ("maps", "maps", "mask", "maps"), ("maps", "maps", "savemaps", "maps")]
+
+
+def plain_look(save: Node, maps_widgets: list, maps_title: str | None = None,
+               over_image: bool = True) -> tuple[list[Node], list[Link]]:
+    """Decode into ``save`` (a picture or an animation); the maps read by Enfoque Attention Maps
+    (``maps_widgets``) and drawn by Enfoque Heatmaps, over the picture when ``over_image``."""
+    nodes = [
+        Node("decode", "VAEDecode", [], "Look", 0),
+        save,
+        Node("maps", "EnfoqueAttentionMaps", maps_widgets, "Look", 1, title=maps_title),
+        Node("heat", "EnfoqueHeatmaps", ["viridis", 0.6, "minmax", 0, "mean"], "Look", 1),
+    ]
+    links = [
+        ("sampler", "LATENT", "decode", "samples"),
+        ("decode", "IMAGE", save.key, "images"),
+        ("pmodel", "probe", "maps", "probe"),
+        ("sampler", "LATENT", "maps", "latent"),
+        ("maps", "maps", "heat", "maps"),
+    ]
+    return nodes, [*links, ("decode", "IMAGE", "heat", "image")] if over_image else links
 
 
 def wiring(model: tuple[str, str], clip: tuple[str, str], vae: tuple[str, str], between: str | None = None) -> list[Link]:
@@ -530,23 +568,117 @@ def wan() -> Template:
         Node("latent", "EmptyHunyuanLatentVideo", [832, 480, 33, 1], "Sample"),
         patch_model(),
         Node("sampler", "KSampler", [42, "fixed", 30, 6.0, "uni_pc", "simple", 1.0], "Sample", 1),
-        Node("decode", "VAEDecode", [], "Look", 0),
-        Node("video", "SaveAnimatedWEBP", ["enfoque/wan", 16.0, False, 85, "default"], "Look", 0),
-        Node("maps", "EnfoqueAttentionMaps", ["red kite, meadow, dog", "positive", 0, -1, -1], "Look", 1),
-        Node("heat", "EnfoqueHeatmaps", ["viridis", 0.6, "minmax", 0, "mean"], "Look", 1),
+    ]
+    look, look_links = plain_look(Node("video", "SaveAnimatedWEBP", ["enfoque/wan", 16.0, False, 85, "default"],
+                                       "Look", 0), ["red kite, meadow, dog", "positive", 0, -1, -1, "cross"],
+                                  over_image=False)
+    links = [*wiring(("unet", "MODEL"), ("clip", "CLIP"), ("vae", "VAE")), *look_links]
+    return Template("Wan 2.1 - attention maps per word over the video", "", nodes + look, links)
+
+
+# --------------------------------------------------------------------------- the shapes model (tools/shapes.py)
+
+SHAPES_FILES = [
+    "`diffusion_models/enfoque_shapes_sd3.safetensors`, `text_encoders/enfoque_shapes_clip_l.safetensors` and "
+    "`vae/enfoque_shapes_vae.safetensors`: the pack's small trained shapes model; "
+    "`python custom_nodes/enfoque/tools/shapes.py install models --input input` puts them there (and an "
+    "example picture in `input/`)",
+]
+SHAPES_GRAMMAR = ("The model knows `a {colour} {shape}` and `a {c1} {s1} on the left and a {c2} {s2} on the "
+                  "right`, colours red, green, blue, yellow, shapes circle, square, triangle (128x128 px).")
+SHAPES_SAMPLER = [3, "fixed", 20, 4.0, "euler", "simple", 1.0]
+SHAPES_PROMPT = "a red circle on the left and a blue square on the right"
+
+
+def shapes_load() -> list[Node]:
+    return [
+        Node("unet", "UNETLoader", ["enfoque_shapes_sd3.safetensors", "default"], "Load"),
+        Node("clip", "CLIPLoader", ["enfoque_shapes_clip_l.safetensors", "sd3", "default"], "Load"),
+        Node("vae", "VAELoader", ["enfoque_shapes_vae.safetensors"], "Load"),
+    ]
+
+
+def shapes_sample(concepts: bool = False) -> list[Node]:
+    nodes = [Node("latent", "EmptySD3LatentImage", [128, 128, 1], "Sample"), patch_model(),
+             Node("sampler", "KSampler", SHAPES_SAMPLER, "Sample", 1)]
+    if concepts:
+        nodes.insert(0, Node("concepts", "EnfoqueConcepts", ["circle, square, triangle, background"], "Sample"))
+    return nodes
+
+
+SHAPES_WIRING = wiring(("unet", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"))
+
+
+def shapes() -> Template:
+    """Issue #11 fixes this template's file name: example_workflows/shapes_attention_maps.json."""
+    look, look_links = look_nodes("red, circle, blue, square", "shapes", "circle")
+    nodes = [
+        note("The shapes model: where each word lands", SHAPES_FILES,
+             ["EnfoquePatchCLIP", "EnfoquePatchModel", *LOOK], 820, SHAPES_GRAMMAR),
+        *shapes_load(),
+        *encode_nodes(SHAPES_PROMPT),
+        *shapes_sample(),
+        *look,
+    ]
+    return Template("shapes_attention_maps", "", nodes, SHAPES_WIRING + look_links)
+
+
+def shapes_concepts() -> Template:
+    nodes = [
+        note("The shapes model: concept maps", SHAPES_FILES,
+             ["EnfoquePatchCLIP", "EnfoqueConcepts", "EnfoquePatchModel", "EnfoqueAttentionMapsConcept",
+              "EnfoqueHeatmaps"], 860, SHAPES_GRAMMAR),
+        *shapes_load(),
+        *encode_nodes(SHAPES_PROMPT),
+        *shapes_sample(concepts=True),
+    ]
+    look, look_links = plain_look(Node("save", "SaveImage", ["enfoque/shapes_concepts"], "Look", 0),
+                                  ["", "positive", 0, -1, -1, "concept"], "Enfoque Attention Maps (concepts)")
+    links = [*SHAPES_WIRING, ("clip", "CLIP", "concepts", "clip"), ("concepts", "concepts", "pmodel", "concepts"),
+             *look_links]
+    return Template("Shapes - concept maps", "", nodes + look, links)
+
+
+def shapes_explain() -> Template:
+    nodes = [
+        note("The shapes model: explain a picture you have", SHAPES_FILES,
+             ["EnfoquePatchCLIP", "EnfoqueConcepts", "EnfoquePatchModel", "EnfoqueImageMaps", "EnfoqueHeatmaps"], 900,
+             SHAPES_GRAMMAR + " Load a picture of shapes (`enfoque_shapes_example.png`, or one the shapes "
+             "template made) and describe it in the positive prompt."),
+        *shapes_load(),
+        Node("image", "LoadImage", ["enfoque_shapes_example.png"], "Load", 1),
+        Node("pclip", "EnfoquePatchCLIP", ["attention", True], "Encode"),
+        Node("pos", "CLIPTextEncode", [SHAPES_PROMPT], "Encode", title="What the picture shows"),
+        Node("concepts", "EnfoqueConcepts", ["circle, square, triangle, background"], "Sample"),
+        patch_model(),
+        Node("encode", "VAEEncode", [], "Sample", 1),
+        Node("explain", "EnfoqueImageMaps", [0.5, 4, 0, "fixed"], "Sample", 1),
+        Node("heat", "EnfoqueHeatmaps", ["viridis", 0.6, "minmax", 0, "mean"], "Look", 0,
+             title="Enfoque Heatmaps (words)"),
+        Node("cheat", "EnfoqueHeatmaps", ["viridis", 0.6, "minmax", 0, "mean"], "Look", 1,
+             title="Enfoque Heatmaps (concepts)"),
     ]
     links = [
-        *wiring(("unet", "MODEL"), ("clip", "CLIP"), ("vae", "VAE")),
-        ("sampler", "LATENT", "decode", "samples"),
-        ("decode", "IMAGE", "video", "images"),
-        ("pmodel", "probe", "maps", "probe"),
-        ("sampler", "LATENT", "maps", "latent"),
-        ("maps", "maps", "heat", "maps"),
+        ("clip", "CLIP", "pclip", "clip"),
+        ("pclip", "CLIP", "pos", "clip"),
+        ("clip", "CLIP", "concepts", "clip"),
+        ("unet", "MODEL", "pmodel", "model"),
+        ("concepts", "concepts", "pmodel", "concepts"),
+        ("image", "IMAGE", "encode", "pixels"),
+        ("vae", "VAE", "encode", "vae"),
+        ("pmodel", "MODEL", "explain", "model"),
+        ("pos", "CONDITIONING", "explain", "positive"),
+        ("encode", "LATENT", "explain", "latent"),
+        ("explain", "maps", "heat", "maps"),
+        ("image", "IMAGE", "heat", "image"),
+        ("explain", "concept_maps", "cheat", "maps"),
+        ("image", "IMAGE", "cheat", "image"),
     ]
-    return Template("Wan 2.1 - attention maps per word over the video", "", nodes, links)
+    return Template("Shapes - explain an image", "", nodes, links)
 
 
-TEMPLATES = [sd35, flux, sdxl, sd35_steps, flux2, qwen_image, z_image, chroma, wan]
+TEMPLATES = [sd35, flux, sdxl, sd35_steps, flux2, qwen_image, z_image, chroma, wan, shapes, shapes_concepts,
+             shapes_explain]
 
 
 def render(t: Template) -> str:
