@@ -1,6 +1,6 @@
 """The "shapes" model: a tiny SD3-architecture model that knows a handful of words.
 
-    python tools/shapes.py install DIR   # write the three model files into a ComfyUI models/ folder
+    python tools/shapes.py install DIR [--input INPUT]   # the three model files into a ComfyUI models/ folder
     python tools/shapes.py train         # reproduce the committed weights from the seed (~1 h, 2 CPU cores)
 
 ``install`` writes ``DIR/diffusion_models/enfoque_shapes_sd3.safetensors`` and
@@ -8,6 +8,8 @@
 ``models/``) and ``DIR/text_encoders/enfoque_shapes_clip_l.safetensors``
 (generated from its seed, see ``tools/shapes_clip.py``); files already in place
 with the right checksum are left alone, so a second run takes about a second.
+``--input`` also writes ``enfoque_shapes_example.png`` (a held-out two-object
+picture) into ComfyUI's input folder, for the "Shapes - explain an image" template.
 Load them with the stock nodes: UNETLoader, CLIPLoader (type ``sd3``) and
 VAELoader; sample with KSampler euler/simple, 20 steps, cfg 4, 128x128
 (EmptySD3LatentImage). The vocabulary and caption grammar are in
@@ -84,6 +86,24 @@ def install(models_dir: Path) -> dict[str, Path]:
         out[name] = dest
     out[CLIP_FILE] = install_clip(models_dir)
     return out
+
+
+EXAMPLE_PICTURE = "enfoque_shapes_example.png"
+
+
+def write_example(input_dir: Path) -> Path:
+    """A held-out caption's picture, for EnfoqueImageMaps (its caption: the template's prompt)."""
+    from PIL import Image
+
+    scene = shapes_data.scene_for([("red", "circle"), ("blue", "square")],
+                                  np.random.Generator(np.random.PCG64(EVAL_SEED)))
+    img, _ = shapes_data.render(scene)
+    dest = Path(input_dir) / EXAMPLE_PICTURE
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp.png")
+    Image.fromarray(img).save(tmp)
+    tmp.replace(dest)
+    return dest
 
 
 def install_clip(models_dir: Path) -> Path:
@@ -263,7 +283,7 @@ def encode_pictures(vae, scenes, chunk: int, then=lambda z: z):
     return torch.cat(out)
 
 
-def build_dataset(vae_path: Path, clip_path: Path, n: int = 24000) -> Path:
+def build_dataset(vae_path: Path, clip_path: Path, n: int = 10000) -> Path:
     """Encode ``n`` training pictures with the VAE (model-space latents) and the captions."""
     torch = _torch()
     import comfy.latent_formats
@@ -354,19 +374,87 @@ def build_dit(torch):
     return net
 
 
-def _sdpa_override():
-    """Training runs the joint attention through torch SDPA (ComfyUI's CPU default is sub-quadratic)."""
-    import comfy.ldm.modules.attention as attention
+GRID = 8  # the MMDiT's patch grid at 128 px (latent 16, patch 2)
 
-    def override(func, *args, **kwargs):
-        return attention.attention_pytorch(*args, **kwargs)
 
-    return {"optimized_attention_override": override}
+def cell_masks(scenes) -> np.ndarray:
+    """Each object's share of each patch-grid cell, ``[scenes, 2, GRID, GRID]`` (the second object of a
+    one-object scene is empty)."""
+    out = np.zeros((len(scenes), 2, GRID, GRID), dtype=np.float32)
+    cell = shapes_data.SIZE // GRID
+    for i, scene in enumerate(scenes):
+        for o, obj in enumerate(scene.objects):
+            out[i, o] = shapes_data.object_mask(obj).reshape(GRID, cell, GRID, cell).mean((1, 3))
+    return out
+
+
+def word_positions(captions: list[str]) -> np.ndarray:
+    """CLIP-L context positions of each caption's (colour, shape) words per object, ``[captions, 2, 2]``,
+    -1 where there is no such object. Checked against ComfyUI's CLIP tokenizer: one token per word."""
+    import comfy.sd1_clip
+
+    tok = comfy.sd1_clip.SDTokenizer()
+    out = np.full((len(captions), 2, 2), -1, dtype=np.int64)
+    for c, caption in enumerate(captions):
+        if not caption:
+            continue
+        ids = [t for t, _ in tok.tokenize_with_weights(caption)[0]]
+        words = caption.split()
+        if ids[len(words) + 1] != tok.end_token:
+            raise RuntimeError(f"shapes: {caption!r} is not one CLIP token per word")
+        for o, (ci, si) in enumerate([(1, 2)] if len(words) == 3 else [(1, 2), (8, 9)]):
+            out[c, o] = (ci + 1, si + 1)  # +1: the start token
+    return out
+
+
+class AttentionTap:
+    """Training-only attention override: SDPA for the output, and (when ``keep``) the probabilities of
+    the image queries over all keys, mean over heads, for the text columns: ``[B, image, text]``."""
+
+    def __init__(self, text: int) -> None:
+        self.text, self.keep, self.probs = text, False, []
+
+    def __call__(self, func, q, k, v, heads, *args, **kwargs):
+        import comfy.ldm.modules.attention as attention
+
+        out = attention.attention_pytorch(q, k, v, heads, *args, **kwargs)
+        if self.keep and q.shape[1] > self.text:
+            b, n, _ = q.shape
+            qh = q.view(b, n, heads, -1).transpose(1, 2)[:, :, self.text :]
+            kh = k.view(b, n, heads, -1).transpose(1, 2)
+            p = (qh @ kh.transpose(-1, -2) * qh.shape[-1] ** -0.5).softmax(-1)
+            self.probs.append(p[..., : self.text].mean(1))
+        return out
+
+
+def localisation_loss(probs: list, cells, words, sigma):
+    """Cross-entropy of each object word's map (its attention over the image, normalised over the image)
+    against the object's place (its cell shares, normalised), weighted by 1 - sigma: the model learns to
+    look at an object's words from the object's own pixels."""
+    torch = _torch()
+    total, count = 0.0, 0
+    b = torch.arange(cells.shape[0])
+    for p in probs:  # [B, image, text]
+        for o in range(2):
+            target = cells[:, o].flatten(1)  # [B, image]
+            mass = target.sum(1)
+            for w in range(2):
+                pos = words[:, o, w]
+                ok = (pos >= 0) & (mass > 0)
+                if not bool(ok.any()):
+                    continue
+                m = p[b, :, pos.clamp(min=0)]  # [B, image]
+                m = m / m.sum(1, keepdim=True).clamp(min=1e-12)
+                ce = -(target / mass.clamp(min=1e-12)[:, None] * (m + 1e-8).log()).sum(1)
+                total = total + ((1 - sigma) * ce * ok).sum()
+                count += int(ok.sum())
+    return total / max(count, 1)
 
 
 def train_dit(data_path: Path, steps: int = 8000, batch: int = 32, lr: float = 8e-4,
-              ckpt_every: int = 1000) -> Path:
-    """Rectified flow (predict noise - x0), logit-normal sigmas, AdamW, EMA 0.999, 10 % caption dropout."""
+              ckpt_every: int = 1000, attn_weight: float = 0.0) -> Path:
+    """Rectified flow (predict noise - x0), logit-normal sigmas, AdamW, EMA 0.999, 10 % caption dropout;
+    with ``attn_weight`` > 0, plus that times `localisation_loss`."""
     torch = _torch()
     import safetensors.torch
 
@@ -375,13 +463,18 @@ def train_dit(data_path: Path, steps: int = 8000, batch: int = 32, lr: float = 8
         return out
     data = safetensors.torch.load_file(str(data_path))
     lat, cap_idx, caps = data["latents"], data["caption_index"], data["captions"]
+    with safetensors.safe_open(str(data_path), "pt") as f:
+        captions = json.loads(f.metadata()["captions"])
+    cells = torch.from_numpy(cell_masks(shapes_data.dataset(SEED + 3, lat.shape[0])))
+    words = torch.from_numpy(word_positions(captions))
     empty = caps.shape[0] - 1  # the last caption is ""
     ctx_all = torch.nn.functional.pad(caps, (0, 4096 - caps.shape[-1]))
     net = build_dit(torch)
     ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(SEED + 6)
-    to = _sdpa_override()
+    tap = AttentionTap(caps.shape[1])
+    to = {"optimized_attention_override": tap}
     y = torch.zeros(batch, 2048)
     warm = 300
     t0 = time.time()
@@ -399,8 +492,12 @@ def train_dit(data_path: Path, steps: int = 8000, batch: int = 32, lr: float = 8
         noise = torch.randn(x0.shape, generator=gen)
         s = sigma[:, None, None, None]
         xt = (1 - s) * x0 + s * noise
+        tap.keep, tap.probs = attn_weight > 0, []
         pred = net(xt, sigma * 1000, context=ctx, y=y, transformer_options=to)
         loss = ((pred - (noise - x0)) ** 2).mean()
+        if attn_weight > 0:
+            loss = loss + attn_weight * localisation_loss(tap.probs, cells[idx], words[ci], sigma)
+        tap.probs = []
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -431,7 +528,7 @@ def _save_dit(state: dict, path: Path, torch) -> None:
 def train(stage: str = "all", dit_steps: int = 8000) -> None:
     bootstrap()
     torch = _torch()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # one thread: the same reductions on any machine, and room for other work
     WORK.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     clip_path = WORK / CLIP_FILE
@@ -459,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p_inst = sub.add_parser("install", help="write the model files into a ComfyUI models/ folder")
     p_inst.add_argument("dir", type=Path, help="ComfyUI's models/ folder")
+    p_inst.add_argument("--input", type=Path, default=None, help="ComfyUI's input/ folder: also write an example "
+                        "picture there")
     p_train = sub.add_parser("train", help="reproduce models/ from the seed")
     p_train.add_argument("--stage", choices=["vae", "all"], default="all")
     p_train.add_argument("--dit-steps", type=int, default=8000)
@@ -467,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
         t = time.time()
         for name, path in install(args.dir).items():
             print(f"{name}: {path}")
+        if args.input is not None:
+            print(f"{EXAMPLE_PICTURE}: {write_example(args.input)}")
         print(f"shapes: installed in {time.time() - t:.1f} s")
         return 0
     train(args.stage, args.dit_steps)

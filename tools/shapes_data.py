@@ -180,18 +180,27 @@ def colour_labels(img: np.ndarray, min_brightness: float = 90.0) -> np.ndarray:
     return lab
 
 
-def classify_shape(mask: np.ndarray) -> str | None:
-    """circle / square / triangle from a blob's fill of its bounding box and where its mass sits."""
+# how full each corner quarter of the bounding box is (top-left, top-right, bottom-left, bottom-right)
+SHAPE_CORNERS = {"circle": (0.3, 0.3, 0.3, 0.3), "square": (1.0, 1.0, 1.0, 1.0), "triangle": (0.0, 0.0, 0.78, 0.78)}
+
+
+def corner_fill(mask: np.ndarray) -> np.ndarray:
+    """The filled share of each corner (a quarter of the bounding box on each side) of a blob."""
     ys, xs = np.nonzero(mask)
-    if len(ys) < MIN_AREA:
+    box = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    h, w = box.shape
+    ch, cw = max(1, h // 4), max(1, w // 4)
+    return np.array([box[:ch, :cw].mean(), box[:ch, -cw:].mean(), box[-ch:, :cw].mean(), box[-ch:, -cw:].mean()])
+
+
+def classify_shape(mask: np.ndarray) -> str | None:
+    """circle / square / triangle: the nearest prototype of corner fill (a square fills its bounding box's
+    corners, an upright triangle only the bottom ones, a circle a little of each); robust to a dent or a
+    wobbly edge, which the model's pictures have."""
+    if int(mask.sum()) < MIN_AREA:
         return None
-    h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
-    fill = len(ys) / float(h * w)
-    if fill > 0.88:
-        return "square"
-    if fill > 0.66:
-        return "circle"
-    return "triangle"
+    c = corner_fill(mask)
+    return min(SHAPE_CORNERS, key=lambda s: float(((c - np.array(SHAPE_CORNERS[s])) ** 2).sum()))
 
 
 @dataclass(frozen=True)
