@@ -27,6 +27,10 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 SETUP = host.REPO_ROOT / "tools" / "setup.sh"
+# pure tests that skip for a reason of the machine, not of the host: no GPU (tests/test_cuda.py), git that
+# cannot list files here (the stand-in below; comfy-cli packs what git lists), the shapes model not yet trained
+MACHINE_REASONS = ("no CUDA device: ", "git cannot list the repository's files", "(the shapes model, tools/shapes.py)",
+                   "models/ lacks the shapes model files")
 PINS_WANTED = ("torch", "torchvision", "numpy", "safetensors", "pillow", "pytest", "hypothesis", "ruff", "requests")
 
 
@@ -166,8 +170,9 @@ def test_pins_are_what_comfyui_requires():
 
 
 def test_suite_without_a_host(no_host):
-    """The pure run on a machine without ComfyUI: every pure test passes, each host test is skipped
-    with one reason, exit 0, and the summary counts them and says how to provide a host."""
+    """The pure run on a machine without ComfyUI: every pure test passes (or skips for a reason of the
+    machine, `MACHINE_REASONS`), each host test is skipped with one reason, exit 0, and the summary
+    counts them and says how to provide a host."""
     env = dict(no_host["env"])
     env["ENFOQUE_OLDEST_HOST_RUN"] = "1"  # belt and braces: never start the oldest-host subprocess
     found = _run([sys.executable, "-c", "import host; print(host.find_comfyui())"], env, cwd=TESTS)
@@ -190,15 +195,16 @@ def test_suite_without_a_host(no_host):
         else:
             passed.append(name)
     assert not bad, bad
-    other = [(n, m) for n, m in skipped if m != host.NO_HOST_REASON]
-    assert not other, f"skipped for another reason than the missing host: {other}"
+    hosted = [n for n, m in skipped if m == host.NO_HOST_REASON]
+    other = [(n, m) for n, m in skipped if m != host.NO_HOST_REASON and not any(r in (m or "") for r in MACHINE_REASONS)]
+    assert not other, f"skipped for another reason than the missing host or the machine: {other}"
     assert any(n.startswith("tests.test_export") for n in passed), "test_export (safetensors) did not run"
     names = {n for n, _ in skipped}
     assert any(n.startswith("tests.test_host_basics") for n in names) and any(
         n.startswith("tests.test_oldest_host") for n in names), sorted(names)[:5]
 
     assert "ComfyUI host: none" in out
-    assert f"{len(skipped)} host tests skipped: no ComfyUI host found." in out, out[-3000:]
+    assert f"{len(hosted)} host tests skipped: no ComfyUI host found." in out, out[-3000:]
     assert "COMFYUI_PATH=/path/to/ComfyUI make test" in out and str(no_host["cache"]) in out, out[-3000:]
     assert f"{len(passed)} passed, {len(skipped)} skipped" in out, out[-500:]
     assert "Exception ignored" not in out, out[-3000:]
