@@ -102,6 +102,14 @@ def find_probe(model, node: str = IMAGE_MAPS) -> ModelProbe:
                      f"{PATCH_MODEL}.")
 
 
+def read_maps(probe: ModelProbe, samples: torch.Tensor, kind: str) -> AttentionMaps:
+    """The maps of the run just made, as Enfoque Attention Maps reads them (its errors in this node's name)."""
+    try:
+        return EnfoqueAttentionMaps.execute(probe=probe, latent={"samples": samples}, words="", kind=kind)[0]
+    except ValueError as e:
+        raise ValueError(str(e).replace(ATTENTION_MAPS, IMAGE_MAPS, 1)) from e
+
+
 def mean_maps(parts: list[AttentionMaps]) -> AttentionMaps:
     """The mean of several runs' maps of the same words."""
     first = parts[0]
@@ -159,11 +167,9 @@ class EnfoqueImageMaps(io.ComfyNode):
             noise_t = comfy.sample.prepare_noise(samples, int(seed) + r)
             comfy.sample.sample_custom(model, noise_t, 1.0, sampler, sigmas, positive, positive, samples,
                                        disable_pbar=True, seed=int(seed) + r)
-            run_latent = {"samples": samples}
-            cross.append(EnfoqueAttentionMaps.execute(probe=probe, latent=run_latent, words="")[0])
+            cross.append(read_maps(probe, samples, "cross"))
             if probe.concepts is not None:
-                concept.append(EnfoqueAttentionMaps.execute(probe=probe, latent=run_latent, words="",
-                                                            kind="concept")[0])
+                concept.append(read_maps(probe, samples, "concept"))
             bar.update(1)
         meta = {"noise": float(noise), "sigma": sigma, "seed": int(seed)}
         maps = mean_maps(cross).derive(**meta)
