@@ -18,6 +18,7 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/attention_bench.py
 	$(PY) benchmarks/sampling_bench.py
+	$(PY) benchmarks/map_quality.py
 
 lint: setup
 	$(PY) -m ruff check .
