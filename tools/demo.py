@@ -1,8 +1,10 @@
-"""`make demo`: attention maps from a tiny random SD3-architecture model through a live,
-headless ComfyUI with the pack, driven over its HTTP API like any client would.
+"""`make demo`: attention maps from the trained "shapes" model (tools/shapes.py) through a
+live, headless ComfyUI with the pack, driven over its HTTP API like any client would.
 
-No download: the model and CLIP-L are built with ComfyUI's own classes and random
-weights. The workflow is `example_workflows/api/tiny_sd3_maps.json`. Outputs land in
+No download: `tools/shapes.py install` puts the committed MMDiT and VAE and the
+CLIP-L generated from its seed into the server's models folder; the workflow is
+`example_workflows/api/shapes_maps.json` (stock loaders, KSampler euler/simple 20
+steps cfg 4). Outputs (the picture, heatmaps over it, a mask, an export) land in
 `out/demo/` and their paths are printed.
 """
 
@@ -26,7 +28,8 @@ def main() -> int:
         print(f"demo: {host.NO_HOST_REASON}", file=sys.stderr)
         return 2
     host.bootstrap(comfy_path)
-    import tiny_models
+    sys.path.insert(0, str(ROOT / "tools"))
+    import shapes
 
     base = ROOT / "out" / "demo"
     if base.exists():
@@ -35,9 +38,9 @@ def main() -> int:
     print(f"demo: ComfyUI {comfy_path}")
     server.start()
     try:
-        tiny_models.write_models(server.models_dir)
+        shapes.install(server.models_dir)
         server.wait_ready()
-        prompt = json.loads((ROOT / "example_workflows" / "api" / "tiny_sd3_maps.json").read_text())
+        prompt = json.loads((ROOT / "example_workflows" / "api" / "shapes_maps.json").read_text())
         t = time.perf_counter()
         entry = server.run(prompt, timeout=300)
         print(f"demo: workflow ran in {time.perf_counter() - t:.1f} s")
