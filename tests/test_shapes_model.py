@@ -132,43 +132,14 @@ def test_stock_and_patched_clip_maps_agree(quality):
     assert s["max_abs_difference"] <= 1e-6
 
 
-def api_prompt(workflow: dict, info: dict) -> dict:
-    """A saved (UI) workflow as the prompt the frontend queues: links become inputs, widget values go to
-    the node's widget inputs in the order /object_info lists them (a seed's "control after generate"
-    value is the frontend's own)."""
-    links = {link[0]: link for link in workflow["links"]}
-    prompt = {}
-    for n in workflow["nodes"]:
-        if n["type"] in ("Note", "MarkdownNote") or n.get("mode", 0) != 0:
-            continue
-        spec = info[n["type"]]["input"]
-        inputs, linked = {}, set()
-        for inp in n.get("inputs") or []:
-            if inp.get("link") is not None:
-                _, src, slot, *_ = links[inp["link"]]
-                inputs[inp["name"]] = [str(src), slot]
-                linked.add(inp["name"])
-        values = list(n.get("widgets_values") or [])
-        for section in ("required", "optional"):
-            for name, conf in (spec.get(section) or {}).items():
-                kind = "COMBO" if isinstance(conf[0], list) else conf[0]
-                if kind not in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO") or not values:
-                    continue
-                value = values.pop(0)
-                if len(conf) > 1 and isinstance(conf[1], dict) and conf[1].get("control_after_generate"):
-                    values.pop(0)
-                if name not in linked:
-                    inputs[name] = value
-        prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}
-    return prompt
-
-
 @pytest.mark.server
 @pytest.mark.parametrize("name", ["shapes_attention_maps", "Shapes - concept maps", "Shapes - explain an image"])
 def test_shapes_templates_run_once_installed(comfy_server, name):
     """Each shapes template, queued as the frontend queues it, runs on the installed model files and
     shows its maps over the picture."""
     import json
+
+    from test_templates import api_prompt
 
     shapes.install(comfy_server.models_dir)
     shapes.write_example(comfy_server.input_dir)

@@ -137,6 +137,40 @@ def test_saved_sizes_do_not_overlap(path):
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
+def widget_inputs(spec: dict) -> list[tuple[str, int]]:
+    """A node's widget inputs in the order the frontend saves their values (/object_info's order,
+    required then optional), each with how many values it saves (2 with "control after generate")."""
+    out = []
+    for section in ("required", "optional"):
+        for name, conf in (spec["input"].get(section) or {}).items():
+            kind = "COMBO" if isinstance(conf[0], list) else conf[0]
+            if kind in WIDGET_TYPES:
+                opts = conf[1] if len(conf) > 1 and isinstance(conf[1], dict) else {}
+                out.append((name, 2 if opts.get("control_after_generate") else 1))
+    return out
+
+
+def api_prompt(workflow: dict, info: dict) -> dict:
+    """A saved (UI) workflow as the prompt the frontend queues: links become inputs, widget values go to
+    the node's widget inputs (a seed's "control after generate" value is the frontend's own)."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for n in workflow["nodes"]:
+        if n["type"] in FRONTEND_ONLY or n.get("mode", 0) != 0:
+            continue
+        inputs = {}
+        for inp in n.get("inputs") or []:
+            if inp.get("link") is not None:
+                _, src, slot, *_ = links[inp["link"]]
+                inputs[inp["name"]] = [str(src), slot]
+        values = list(n.get("widgets_values") or [])
+        for name, count in widget_inputs(info[n["type"]]):
+            value, values = values[0], values[count:]
+            inputs.setdefault(name, value)  # a widget converted to a linked input keeps its link
+        prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}
+    return prompt
+
+
 def _socket_types(spec: dict) -> tuple[dict[str, str], list[str]]:
     """Input name -> type, and output types, from one /object_info entry."""
     inputs = {}
@@ -196,19 +230,11 @@ def test_example_workflow_is_consistent(comfy_server, path):
                 assert lid in link_ids
         # every required socket is wired, and the widget values match the node's widgets
         connected = {inp["name"] for inp in n.get("inputs") or [] if inp.get("link") is not None}
-        spec = info[n["type"]]["input"]
-        widgets = 0
-        for section in ("required", "optional"):
-            for name, conf in (spec.get(section) or {}).items():
-                kind = "COMBO" if isinstance(conf[0], list) else conf[0]
-                if kind in WIDGET_TYPES:
-                    opts = conf[1] if len(conf) > 1 and isinstance(conf[1], dict) else {}
-                    widgets += 2 if opts.get("control_after_generate") else 1
-                elif section == "required":
-                    assert name in connected, (
-                        f"{path.name}: {n['type']} (node {n['id']}) input {name!r} unconnected"
-                    )
-        assert len(n.get("widgets_values") or []) == widgets, (
+        widgets = dict(widget_inputs(info[n["type"]]))
+        for name in info[n["type"]]["input"].get("required") or {}:
+            if name not in widgets:
+                assert name in connected, f"{path.name}: {n['type']} (node {n['id']}) input {name!r} unconnected"
+        assert len(n.get("widgets_values") or []) == sum(widgets.values()), (
             f"{path.name}: widget values of {n['type']} (node {n['id']})"
         )
 
