@@ -435,6 +435,11 @@ def test_lse_of_another_meaning_is_caught(fake_kernel, monkeypatch, caplog):
     assert sdpa.route_of(q, k, v, None) == sdpa.CHUNKED
     assert any("does not match a direct computation" in r.getMessage() for r in caplog.records)
     torch.testing.assert_close(maps[0].double(), naive_probs(q, k).sum(1), atol=1e-5, rtol=0)
+    # later calls of the shape go straight to SDPA's output and the chunked maps
+    out2, maps2 = attend(q, k, v, 3, skip_reshape=True, skip_output_reshape=True,
+                         captures=[Capture(slice(0, 2), torch.arange(41))])
+    assert torch.equal(out2, torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    torch.testing.assert_close(maps2[0].double(), naive_probs(q, k).sum(1), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("error", [
