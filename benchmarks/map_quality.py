@@ -181,7 +181,7 @@ def object_word_index(words: list[str], caption: str) -> list[tuple[int, int]]:
     """(colour word index, shape word index) per caption object, in the maps' word list."""
     if [w.lower() for w in words] != caption.split():
         raise RuntimeError(f"map_quality: the maps' words {words} are not the caption's words {caption.split()}")
-    return [(1, 2)] if len(caption.split()) == 3 else [(1, 2), (8, 9)]
+    return sd.object_words(caption)
 
 
 def run_caption(rig: Rig, caption: str, seed: int, batch: int, negative, joint: bool = False) -> CaptionRun:
@@ -472,7 +472,7 @@ def evaluate(rig: Rig, quick: bool = False, batch: int | None = None, seed: int 
     return res
 
 
-def tables(res: dict, n_blocks: int) -> str:
+def tables(res: dict) -> str:
     lines = ["(a) generation accuracy (colour, shape and side all right)", "",
              "| captions | images | accuracy |", "|---|---|---|"]
     for k, v in res["accuracy"].items():
@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="enfoque_mapq_"))
     rig = load_rig(host_in_process(work), work / "models", dit=args.dit, vae=args.vae)
     res = evaluate(rig, quick=args.quick, batch=args.batch)
-    print(tables(res, rig.n_blocks))
+    print(tables(res))
     (bn, wn), v = best_setting(res)
     print(f"\nbest shape-word setting: {bn}, {wn}: mIoU (Otsu) {v:.3f}; "
           f"default ({', '.join(DEFAULT_SETTING)}): {res['maps'][DEFAULT_SETTING]['shape_miou_otsu']:.3f}")

@@ -402,7 +402,7 @@ def word_positions(captions: list[str]) -> np.ndarray:
         words = caption.split()
         if ids[len(words) + 1] != tok.end_token:
             raise RuntimeError(f"shapes: {caption!r} is not one CLIP token per word")
-        for o, (ci, si) in enumerate([(1, 2)] if len(words) == 3 else [(1, 2), (8, 9)]):
+        for o, (ci, si) in enumerate(shapes_data.object_words(caption)):
             out[c, o] = (ci + 1, si + 1)  # +1: the start token
     return out
 
@@ -465,8 +465,9 @@ def train_dit(data_path: Path, steps: int = 8000, batch: int = 32, lr: float = 8
     lat, cap_idx, caps = data["latents"], data["caption_index"], data["captions"]
     with safetensors.safe_open(str(data_path), "pt") as f:
         captions = json.loads(f.metadata()["captions"])
-    cells = torch.from_numpy(cell_masks(shapes_data.dataset(SEED + 3, lat.shape[0])))
-    words = torch.from_numpy(word_positions(captions))
+    if attn_weight > 0:  # where each object and its words are, for the localisation loss
+        cells = torch.from_numpy(cell_masks(shapes_data.dataset(SEED + 3, lat.shape[0])))
+        words = torch.from_numpy(word_positions(captions))
     empty = caps.shape[0] - 1  # the last caption is ""
     ctx_all = torch.nn.functional.pad(caps, (0, 4096 - caps.shape[-1]))
     net = build_dit(torch)
@@ -497,7 +498,6 @@ def train_dit(data_path: Path, steps: int = 8000, batch: int = 32, lr: float = 8
         loss = ((pred - (noise - x0)) ** 2).mean()
         if attn_weight > 0:
             loss = loss + attn_weight * localisation_loss(tap.probs, cells[idx], words[ci], sigma)
-        tap.probs = []
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -525,7 +525,7 @@ def _save_dit(state: dict, path: Path, torch) -> None:
     tmp.replace(path)
 
 
-def train(stage: str = "all", dit_steps: int = 8000) -> None:
+def train(stage: str = "all", dit_steps: int = 8000, attn_weight: float = 0.0) -> None:
     bootstrap()
     torch = _torch()
     torch.set_num_threads(1)  # one thread: the same reductions on any machine, and room for other work
@@ -541,7 +541,7 @@ def train(stage: str = "all", dit_steps: int = 8000) -> None:
         return
     data = build_dataset(vae_path, clip_path)
     log.info("dataset ready (%.0f s so far)", time.time() - t0)
-    dit = train_dit(data, steps=dit_steps)
+    dit = train_dit(data, steps=dit_steps, attn_weight=attn_weight)
     MODELS.mkdir(exist_ok=True)
     _copy_atomic(dit, MODELS / DIT_FILE)
     _copy_atomic(vae_path, MODELS / VAE_FILE)
@@ -561,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     p_train = sub.add_parser("train", help="reproduce models/ from the seed")
     p_train.add_argument("--stage", choices=["vae", "all"], default="all")
     p_train.add_argument("--dit-steps", type=int, default=8000)
+    p_train.add_argument("--attn-weight", type=float, default=0.0,
+                         help="weight of a loss that teaches each object's words to attend to the object "
+                         "(0, no such loss, made the committed model; its maps are the model's own)")
     args = ap.parse_args(argv)
     if args.cmd == "install":
         t = time.time()
@@ -570,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{EXAMPLE_PICTURE}: {write_example(args.input)}")
         print(f"shapes: installed in {time.time() - t:.1f} s")
         return 0
-    train(args.stage, args.dit_steps)
+    train(args.stage, args.dit_steps, args.attn_weight)
     return 0
 
 

@@ -73,6 +73,11 @@ def parse_caption(text: str) -> list[tuple[str, str]]:
     raise ValueError(f"not a shapes caption: {text!r}")
 
 
+def object_words(text: str) -> list[tuple[int, int]]:
+    """(colour word, shape word) index in the caption's words, per object, left first."""
+    return [(1, 2), (8, 9)][: len(parse_caption(text))]
+
+
 # --------------------------------------------------------------------------- combinations
 
 
