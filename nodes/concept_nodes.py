@@ -104,10 +104,7 @@ def find_probe(model, node: str = IMAGE_MAPS) -> ModelProbe:
 
 def read_maps(probe: ModelProbe, samples: torch.Tensor, kind: str) -> AttentionMaps:
     """The maps of the run just made, as Enfoque Attention Maps reads them (its errors in this node's name)."""
-    try:
-        return EnfoqueAttentionMaps.execute(probe=probe, latent={"samples": samples}, words="", kind=kind)[0]
-    except ValueError as e:
-        raise ValueError(str(e).replace(ATTENTION_MAPS, IMAGE_MAPS, 1)) from e
+    return EnfoqueAttentionMaps.read(probe, {"samples": samples}, "", kind=kind, node=IMAGE_MAPS)
 
 
 def mean_maps(parts: list[AttentionMaps]) -> AttentionMaps:

@@ -117,7 +117,7 @@ def concept_labels(names: tuple[str, ...], query: str, node: str) -> tuple[list[
 
 
 def concept_output(node: str, probe, res, key, words: str, prompt: str, cond_index: int, step: int, block: int,
-                   shape) -> io.NodeOutput:
+                   shape) -> FramedMaps:
     """EnfoqueAttentionMaps with kind = concept."""
     if not res.concepts:
         raise ValueError(f"{node}: kind is concept, but {PATCH_MODEL} has no concepts; connect {CONCEPTS} to its "
@@ -161,7 +161,7 @@ def concept_output(node: str, probe, res, key, words: str, prompt: str, cond_ind
     }
     out = FramedMaps(maps=pool_tokens(maps, spans, words=labels), words=labels, meta=meta, steps=step_frames,
                      blocks=block_frames)
-    return io.NodeOutput(out, ui=chips_ui(out))
+    return out
 
 
 class EnfoquePatchModel(io.ComfyNode):
@@ -287,7 +287,14 @@ class EnfoqueAttentionMaps(io.ComfyNode):
     @classmethod
     def execute(cls, probe, latent, words, prompt="positive", cond_index=0, step=-1, block=-1,
                 kind="cross") -> io.NodeOutput:
-        node = ATTENTION_MAPS
+        out = cls.read(probe, latent, words, prompt, cond_index, step, block, kind)
+        return io.NodeOutput(out, ui=chips_ui(out))
+
+    @staticmethod
+    def read(probe, latent, words, prompt="positive", cond_index=0, step=-1, block=-1, kind="cross",
+             node: str = ATTENTION_MAPS) -> FramedMaps:
+        """The maps, without the node's previews; errors in ``node``'s name (Enfoque Image Maps reads
+        its runs' maps here too)."""
         if kind not in ("cross", "concept"):
             raise ValueError(f"{node}: kind {brief(kind)!r} is not an option; options: cross, concept. "
                              "Pick one of them.")
@@ -377,4 +384,4 @@ class EnfoqueAttentionMaps(io.ComfyNode):
         }
         out = FramedMaps(maps=maps, words=labels, meta=meta, steps=step_frames, blocks=block_frames,
                          frames=video_frames)
-        return io.NodeOutput(out, ui=chips_ui(out))
+        return out
