@@ -444,6 +444,12 @@ def test_lumina2_system_prompt_is_template(comfy, tiny_dir):
     assert [ids[p] for p in lay.spans[WORDS.index("chair")]] == sub.tokenizer("chair")["input_ids"][1:]
 
 
+# the tokenizer /enfoque/tokenize names: ComfyUI's bundled one, or "text" where the tokenizer comes in the
+# text-encoder file and the route reads words from the text
+TOKENIZER = {"flux2": "text", "wan": "text", "lumina2": "text", "chroma": "t5xxl", "qwen_image": "qwen25_7b",
+             "z_image": "qwen3_4b"}
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_tokenize_route_gives_the_layout_words(comfy, tiny_dir, name):
     """/enfoque/tokenize answers, per family, the words an encode through Enfoque Patch CLIP (attention)
@@ -456,7 +462,7 @@ def test_tokenize_route_gives_the_layout_words(comfy, tiny_dir, name):
         lay = layout_of(comfy.run("CLIPTextEncode", clip=pc, text=text)[0])
         got = routes.prompt_words(text, routes.family_name(name))
         assert got["words"] == list(lay.words), (name, text)
-        assert got["tokenizer"] == ("text" if name in ("flux2", "wan", "lumina2") else got["tokenizer"])
+        assert got["tokenizer"] == TOKENIZER[name], (name, got["tokenizer"])
 
 
 class WanPairs(NaiveReference):

@@ -141,8 +141,7 @@ def test_shapes_templates_run_once_installed(comfy_server, name):
 
     from test_templates import api_prompt
 
-    shapes.install(comfy_server.models_dir)
-    shapes.write_example(comfy_server.input_dir)
+    shapes.install(comfy_server.models_dir)  # the example picture: the comfy_server fixture writes it
     workflow = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text(encoding="utf-8"))
     entry = comfy_server.run(api_prompt(workflow, comfy_server.object_info()), timeout=240)
     pictures = [img for out in entry["outputs"].values() for img in out.get("images", [])]
