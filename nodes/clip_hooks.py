@@ -431,7 +431,7 @@ def _labels(stream: Stream) -> list[str]:
             elif t == stream.end:
                 out.append("<end>")
                 ended = True
-            elif ended or (stream.pad is not None and t == stream.pad):
+            elif ended or (stream.kind == "bytelevel" and t == stream.pad):  # CLIP-G's pad id 0 is also "!"
                 out.append("<pad>")
             elif stream.kind == "bytelevel" or flat in template:
                 label = piece_label(stream.pieces.get(t, str(t)), stream.kind)

@@ -318,3 +318,18 @@ def test_text_maps_equal_a_float64_reference(comfy, text):
             torch.testing.assert_close(got.double(), ref, atol=2e-6, rtol=0)
             compared += 1
     assert compared == 3 + 3 + 1  # tiny configs: CLIP-L and CLIP-G 3 layers each, T5 1
+
+
+def test_token_labels_keep_a_real_token_equal_to_clip_g_padding(comfy):
+    """CLIP-G pads with id 0, which is also CLIP's "!": a "!" in the prompt keeps its label, the padding
+    after the end token is labelled padding."""
+    c, probe = patched(comfy, tiny_models.clip_sd3())
+    cond = encode(comfy, c, "wow!;")
+    rec = probe.records[cond[0][1]["enfoque_text_record"]]
+    labels = rec.labels["g"]
+    tok = c.tokenizer.clip_g
+    ids = [t for t, _ in tok.tokenize_with_weights("wow!;")[0]]
+    assert tok.pad_token == 0 and 0 in ids[1 : ids.index(tok.end_token)], ids  # the case at stake
+    end = ids.index(tok.end_token)
+    assert "<pad>" not in labels[:end] and labels[end] == "<end>", labels[: end + 2]
+    assert set(labels[end + 1 :]) == {"<pad>"}
