@@ -247,35 +247,68 @@ def exact_lse(q, k, mask):
     return torch.logsumexp(logits, dim=-1).float()
 
 
+def own_attention(q, k, v, mask, scale):
+    """What a stand-in kernel computes, its own way (never through SDPA): float64
+    ``softmax(q k^T scale + mask) v`` cast back to q's dtype, and the float64 log-sum-exp in fp32."""
+    logits = q.double() @ k.double().transpose(-1, -2) * scale
+    if mask is not None:
+        logits = logits + mask.double()
+    out = torch.softmax(logits, dim=-1) @ v.double()
+    return out.to(q.dtype), torch.logsumexp(logits, dim=-1).float()
+
+
 class FakeAten:
-    """Stands in for the CUDA ops in ``sdpa._aten``: records each call and answers as the real op does
-    (output = SDPA's on the same inputs; LSE padded to 32 rows for efficient, ``[.., 1]`` for cuDNN)."""
+    """Stands in for the CUDA ops in ``sdpa._aten``: records each call and answers in the real op's
+    layout (LSE padded to 32 rows for efficient, ``[.., 1]`` for cuDNN), computing attention its own
+    way (``own_attention``), so its output is not SDPA's to the bit unless the inputs make it exact
+    (``one_hot_qkv``). ``outputs`` keeps every output tensor it returned."""
 
     def __init__(self):
         self.calls = []
+        self.outputs = []
         self._scaled_dot_product_flash_attention = self  # `.default` below
         self.default = self._flash
 
     def __getattr__(self, name):
         return getattr(torch.ops.aten, name)
 
+    def count(self, name):
+        return sum(c[0] == name for c in self.calls)
+
+    def _own(self, q, k, v, mask, scale):
+        out, lse = own_attention(q, k, v, mask, scale)
+        self.outputs.append(out)
+        return out, lse
+
     def _flash(self, q, k, v, dropout_p, is_causal, return_debug_mask, scale=None):
         self.calls.append(("flash", q, k, v, None, scale))
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
-        lse = torch.logsumexp((q.double() @ k.double().transpose(-1, -2)) * scale, dim=-1).float()
-        return (out, lse)
+        return self._own(q, k, v, None, scale)
 
     def _scaled_dot_product_efficient_attention(self, q, k, v, bias, compute_log_sumexp):
         self.calls.append(("efficient", q, k, v, bias, compute_log_sumexp))
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        lse = exact_lse(q, k, bias)
+        out, lse = self._own(q, k, v, bias, q.shape[-1] ** -0.5)
         pad = -q.shape[2] % 32
         return (out, torch.nn.functional.pad(lse, (0, pad), value=float("nan")), None, None)
 
     def _scaled_dot_product_cudnn_attention(self, q, k, v, bias, compute_log_sumexp):
         self.calls.append(("cudnn", q, k, v, bias, compute_log_sumexp))
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return (out, exact_lse(q, k, bias)[..., None])
+        out, lse = self._own(q, k, v, bias, q.shape[-1] ** -0.5)
+        return (out, lse[..., None])
+
+
+def one_hot_qkv(b=2, h=2, n=24, d=16, seed=0):
+    """q, k, v whose attention is one-hot to the last bit: query i's logit for key i beats every other by at
+    least 120 (exp(-120) is 0 in fp32 and 1e-52 in float64, below half an fp32 ulp), so SDPA and a kernel
+    computing its own way both give ``v_i`` exactly. For the fused route, where the kernel's output must be
+    SDPA's to the bit."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.nn.functional.normalize(torch.randn(b, h, n, d, generator=g, dtype=torch.float64), dim=-1)
+    cos = u @ u.transpose(-1, -2) - 2 * torch.eye(n, dtype=torch.float64)
+    gap = 1 - cos.amax(-1).max().item()
+    c = math.sqrt(120 * math.sqrt(d) / gap)
+    q = k = (c * u).float()
+    v = torch.randn(b, h, n, d, generator=g)
+    return q, k.clone(), v
 
 
 @pytest.fixture
@@ -329,7 +362,8 @@ def test_efficient_mask_aligned_as_sdpa(fake_kernel, nk):
     log_w = torch.log(w)[:, None, None, :]
     assert torch.equal(bias, log_w.expand(2, 3, 37, nk))
     stock = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=log_w)
-    assert torch.equal(out, stock)
+    assert not torch.equal(aten.outputs[0], stock), "the stand-in gave SDPA's output: the test cannot tell"
+    assert torch.equal(out, stock) and sdpa.route_of(q, k, v, log_w) == sdpa.SDPA_PLUS_LSE
     p = naive_probs(q, k, log_w)
     torch.testing.assert_close(maps[0].double(), p[..., [3, 5, 9]].sum(1), atol=1e-5, rtol=0)
     # the LSE comes back padded to 32 rows: trimmed to the queries, also for a foreign output's normaliser
@@ -360,8 +394,13 @@ def test_flash_pads_head_dim_and_keeps_the_scale(fake_kernel):
     (_, qp, kp, vp, _, scale), = aten.calls
     assert qp.shape[-1] == kp.shape[-1] == vp.shape[-1] == 16 and scale == 1.0 / math.sqrt(12)
     assert out.shape == (1, 2, 20, 12)
-    assert torch.equal(out, torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    stock = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert torch.equal(out, stock)
     torch.testing.assert_close(maps[0].double(), naive_probs(q, k)[..., :4].sum(1), atol=1e-5, rtol=0)
+    # the kernel's own output, sliced back to the head dim: its attention, not SDPA's
+    own, _ = sdpa.run_lse_kernel(sdpa.FLASH, q, k, v, None)
+    assert own.shape == (1, 2, 20, 12) and not torch.equal(own, stock)
+    torch.testing.assert_close(own.double(), naive_out(naive_probs(q, k), v), atol=1e-6, rtol=0)
 
 
 def test_cudnn_bool_mask_and_lse_shape(fake_kernel):
@@ -375,9 +414,36 @@ def test_cudnn_bool_mask_and_lse_shape(fake_kernel):
     bias = aten.calls[0][4]
     assert bias.dtype == q.dtype and set(bias.unique().tolist()) == {0.0, -65504.0}
     add = torch.zeros(2, 1, 19, 23).masked_fill(~keep, -65504.0)
-    assert torch.equal(out, torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=add))
+    stock = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=add)
+    assert not torch.equal(aten.outputs[0], stock), "the stand-in gave SDPA's output: the test cannot tell"
+    assert torch.equal(out, stock)
+    # the maps' normaliser is the kernel's LSE, reshaped from [B, H, Nq, 1]
     torch.testing.assert_close(maps[0].double(), naive_probs(q, k, add).sum(1), atol=1e-5, rtol=0)
-    assert sdpa.route_of(q, k, v, keep) == sdpa.FUSED
+    assert sdpa.route_of(q, k, v, keep) == sdpa.SDPA_PLUS_LSE
+    assert sdpa.attention_with_lse(q, k, v, keep).lse.shape == (2, 2, 19)
+
+
+def test_fused_route_returns_the_kernels_own_output(fake_kernel, monkeypatch):
+    """Where the kernel's output is SDPA's to the bit (checked once, on the first call), every call returns
+    the kernel's own output and its LSE: SDPA runs for that check only."""
+    aten = fake_kernel(sdpa.CUDNN)
+    q, k, v = one_hot_qkv()
+    stock = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert torch.equal(stock, v) and torch.equal(own_attention(q, k, v, None, q.shape[-1] ** -0.5)[0], v)
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+    sdpa_calls = []
+
+    def counted(*a, **kw):
+        sdpa_calls.append(1)
+        return real_sdpa(*a, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    for i in range(3):
+        fused = sdpa.attention_with_lse(q, k, v, None)
+        assert fused.route == sdpa.FUSED and aten.count("cudnn") == i + 1
+        assert fused.out is aten.outputs[-1], "the fused route returned another output than its kernel's"
+        torch.testing.assert_close(fused.lse, exact_lse(q, k, None), atol=0, rtol=0)
+    assert len(sdpa_calls) == 1
 
 
 @pytest.mark.parametrize("choice", [sdpa.MATH, 4, 9], ids=["math", "overrideable", "unknown"])
@@ -402,7 +468,7 @@ def test_no_lse_kernel_uses_sdpa_and_chunked_route_logged_once(fake_kernel, choi
 
 def test_output_that_differs_from_sdpa_is_never_returned(fake_kernel, monkeypatch, caplog):
     """A kernel whose LSE op's output is off by one ulp from SDPA's: the output comes from SDPA (torch.equal),
-    the LSE from the op; said once."""
+    the LSE from the op (run again on later calls for it alone); said once."""
     aten = fake_kernel(sdpa.CUDNN)
     real = aten._scaled_dot_product_cudnn_attention
 
@@ -411,15 +477,56 @@ def test_output_that_differs_from_sdpa_is_never_returned(fake_kernel, monkeypatc
         return (torch.nextafter(out, torch.full_like(out, math.inf)), lse)
 
     monkeypatch.setattr(aten, "_scaled_dot_product_cudnn_attention", off_by_one_ulp)
-    q, k, v = rand_qkv()
+    q, k, v = one_hot_qkv()  # the kernel's own output is SDPA's but for the one ulp
     with caplog.at_level("WARNING", logger="attention.sdpa"):
-        for _ in range(2):
-            out, maps = attend(q, k, v, 3, skip_reshape=True, skip_output_reshape=True,
-                               captures=[Capture(slice(0, 2), torch.arange(41))])
+        for i in range(2):
+            out, maps = attend(q, k, v, 2, skip_reshape=True, skip_output_reshape=True,
+                               captures=[Capture(slice(0, 2), torch.arange(24))])
             assert torch.equal(out, torch.nn.functional.scaled_dot_product_attention(q, k, v))
+            assert aten.count("cudnn") == i + 1  # a later call runs the kernel for its LSE alone
     assert sdpa.route_of(q, k, v, None) == sdpa.SDPA_PLUS_LSE
     assert len([r for r in caplog.records if "not bit-identical" in r.getMessage()]) == 1
-    torch.testing.assert_close(maps[0].double(), naive_probs(q, k).sum(1), atol=1e-5, rtol=0)
+    # logits near 600 here: exp(l - lse) in fp32 carries about 600 u
+    torch.testing.assert_close(maps[0].double(), naive_probs(q, k).sum(1), atol=1e-4, rtol=0)
+
+
+def test_kernel_whose_lse_failed_its_check_is_not_called_again(fake_kernel, monkeypatch):
+    """A kernel whose log-sum-exp failed the first call's check: that call's output is SDPA's (not the
+    kernel's), and later calls of the same shapes, through the output route or the normaliser route, never
+    run the kernel again (its output would be dropped); the maps stay exact."""
+    aten = fake_kernel(sdpa.CUDNN)
+    real = aten._scaled_dot_product_cudnn_attention
+
+    def log2_lse(*a):
+        out, lse = real(*a)
+        return out, lse / math.log(2)
+
+    monkeypatch.setattr(aten, "_scaled_dot_product_cudnn_attention", log2_lse)
+    q, k, v = rand_qkv()
+    stock = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    first = sdpa.attention_with_lse(q, k, v, None)
+    assert aten.count("cudnn") == 1 and first.route == sdpa.CHUNKED and first.lse is None
+    assert not torch.equal(aten.outputs[0], stock), "the stand-in gave SDPA's output: the test cannot tell"
+    assert torch.equal(first.out, stock)
+    for _ in range(3):
+        again = sdpa.attention_with_lse(q, k, v, None)
+        assert aten.count("cudnn") == 1, "the kernel ran again for shapes whose LSE failed its check"
+        assert again.route == sdpa.CHUNKED and again.lse is None and torch.equal(again.out, stock)
+    # through the engine: the maps' normaliser route checks the kernel once on its own (for the captured
+    # rows and queries), and nothing runs it after that, whichever route the output takes
+    cols = torch.arange(41)
+
+    def foreign(q_, k_, v_, m_):  # an output from elsewhere (another backend)
+        return torch.nn.functional.scaled_dot_product_attention(q_, k_, v_, attn_mask=m_)
+
+    checked = None
+    for compute in (None, None, foreign, foreign):
+        out, maps = attend(q, k, v, 3, skip_reshape=True, skip_output_reshape=True, compute_out=compute,
+                           captures=[Capture(slice(0, 2), cols)])
+        assert torch.equal(out, stock)
+        torch.testing.assert_close(maps[0].double(), naive_probs(q, k).sum(1), atol=1e-5, rtol=0)
+        checked = checked or aten.count("cudnn")
+        assert checked <= 2 and aten.count("cudnn") == checked, "a kernel whose LSE failed its check ran again"
 
 
 def test_lse_of_another_meaning_is_caught(fake_kernel, monkeypatch, caplog):
