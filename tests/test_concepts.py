@@ -249,6 +249,7 @@ class SigmaSeen:
 
 def test_image_maps(comfy, tiny_dir):
     import comfy.patcher_extension as pe
+    import comfy.sample as comfy_sample
 
     model, _, pos, _, _, concepts = setup(comfy, tiny_dir, "sd3")
     seen = SigmaSeen()
@@ -263,6 +264,16 @@ def test_image_maps(comfy, tiny_dir):
     assert len(seen.calls) == 2, "one model call per repeat (cfg 1, one step)"
     for s, _ in seen.calls:
         assert s == pytest.approx(sigma, rel=1e-6)
+    # what reaches the model at repeat r: the picture's latent, as ComfyUI's samplers take it in
+    # (`process_latent_in`), noised with seed + r's noise at that sigma by the model's own noise scaling
+    picture = comfy_sample.fix_empty_latent_channels(model, latent["samples"])
+    assert torch.count_nonzero(picture) > 0  # (ComfyUI leaves an all-zero latent as it is)
+    picture_in = model.model.process_latent_in(picture)
+    assert sigma < float(ms.sigma_max)  # not max_denoise
+    for r, (_, x) in enumerate(seen.calls):
+        noise_r = comfy_sample.prepare_noise(picture, 5 + r)
+        expected = ms.noise_scaling(torch.tensor(sigma, dtype=torch.float32), noise_r, picture_in, False)
+        assert torch.equal(x, expected), f"repeat {r}: the model was not given the picture noised with seed {5 + r}"
     assert maps.maps.shape[:2] == (1, len(maps.words)) and concept_maps.words == ["cat", "chair", "background"]
     # the average of the two repeats, each a run of its own seed
     singles = [comfy.run("EnfoqueImageMaps", model=patched, positive=pos, latent=latent, noise=0.4, repeats=1,
