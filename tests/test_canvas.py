@@ -250,6 +250,37 @@ def test_heatmaps_over_steps_and_blocks_in_process(comfy, tiny_dir):
         comfy.run("EnfoqueHeatmaps", maps=plain, over="steps", **run)
 
 
+def test_each_frame_draws_its_own_step_or_block(comfy, tiny_dir):
+    """Over steps (blocks), frame i below its caption bar is the picture Enfoque Heatmaps draws from the maps
+    of that one step (block), read by Enfoque Attention Maps with step = k (block = k), not the mean's."""
+    _, probe, _, out = sampled(comfy, tiny_dir, keep_steps=True, keep_blocks=True, steps=3)
+    words = "red cat, chair"
+    maps = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words=words)[0]
+    run = dict(colormap="viridis", opacity=0.6, normalisation="minmax", columns=0)
+    image = torch.rand(2, 48, 64, 3, generator=torch.Generator().manual_seed(0))
+    res = probe.result
+    for over, kept in (("steps", res.active_steps), ("blocks", res.blocks)):
+        assert len(kept) >= 2, kept
+        for img in (None, image):
+            frames = comfy.run("EnfoqueHeatmaps", maps=maps, image=img, over=over, **run)[0]
+            mean = comfy.run("EnfoqueHeatmaps", maps=maps, image=img, **run)[0]
+            assert frames.shape[0] == len(kept)
+            drawn = []
+            for i, k in enumerate(kept):
+                one = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words=words,
+                                **{over[:-1]: k})[0]
+                assert torch.equal(getattr(maps, over)[i].maps, one.maps), f"{over} frame {i} holds other maps"
+                panels = comfy.run("EnfoqueHeatmaps", maps=one, image=img, **run)[0]
+                own = torch.cat(list(panels), dim=1)  # the images of a batch side by side
+                bar = frames.shape[1] - own.shape[0]
+                assert bar > 0 and frames.shape[2] == own.shape[1]
+                assert torch.equal(frames[i, bar:], own), f"{over} frame {i} is not drawn from {over[:-1]} {k}"
+                drawn.append(own)
+            # what the frames show differs from frame to frame, and from the mean
+            assert not torch.equal(drawn[0], drawn[-1])
+            assert not any(torch.equal(d, torch.cat(list(mean), dim=1)) for d in drawn)
+
+
 def steps_graph(prefix: str, steps: int, over: str = "steps") -> dict:
     return {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"}},

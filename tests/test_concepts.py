@@ -191,6 +191,32 @@ def test_concept_scores_equal_float64_reference(comfy, tiny_dir, family):
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
 
 
+def test_concept_frames_are_each_steps_and_blocks_own_maps(comfy, tiny_dir):
+    """Concept maps' per-step (per-block) frames are the concept maps read with step = k (block = k), and
+    Enfoque Heatmaps over steps (blocks) draws each frame from them."""
+    model, _, pos, neg, cfg, concepts = setup(comfy, tiny_dir, "sd3")
+    patched, probe = patch(comfy, model, concepts=concepts, keep_steps=True, keep_blocks=True)
+    out = ksample(comfy, patched, pos, neg, cfg, steps=3)
+    words = "cat, background"
+    maps = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words=words, kind="concept")[0]
+    run = dict(colormap="viridis", opacity=0.6, normalisation="minmax", columns=0)
+    res = probe.result
+    for over, kept in (("steps", res.active_steps), ("blocks", res.blocks)):
+        frames = getattr(maps, over)
+        assert [f.caption.split("  ")[0] for f in frames] == [f"{over[:-1]} {k}" for k in kept] and len(kept) >= 2
+        pictures = comfy.run("EnfoqueHeatmaps", maps=maps, over=over, **run)[0]
+        for i, k in enumerate(kept):
+            one = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words=words, kind="concept",
+                            **{over[:-1]: k})[0]
+            assert torch.equal(frames[i].maps, one.maps), f"concept {over} frame {i} holds other maps"
+            own = comfy.run("EnfoqueHeatmaps", maps=one, **run)[0][0]
+            assert torch.equal(pictures[i, pictures.shape[1] - own.shape[0]:], own)
+        assert not torch.equal(frames[0].maps, frames[-1].maps)
+        assert not any(torch.equal(f.maps, maps.maps) for f in frames)
+        # every step (block) has the same number of block calls: the frames' mean is the mean
+        torch.testing.assert_close(torch.stack([f.maps for f in frames]).mean(0), maps.maps)
+
+
 def test_concepts_only_in_chosen_blocks_and_budget(comfy, tiny_dir):
     model, _, pos, neg, cfg, concepts = setup(comfy, tiny_dir, "sd3")
     patched, probe = patch(comfy, model, concepts=concepts, blocks="1", keep_blocks=True)
