@@ -9,12 +9,16 @@
   model and the text encoder, and enter the context only where ComfyUI does.
 - Batch limit. ComfyUI's ``attention_pytorch`` splits a batch above ``SDP_BATCH_LIMIT``; the fused
   route is taken only within it.
+- The context is in force at each of the engine's calls on the fused route and at none elsewhere
+  (ComfyUI's CPU default backend, another override in front, a batch ComfyUI splits: there ComfyUI's own
+  SDPA wrapper enters it, if that backend calls it at all).
 - The engine's fallback notes come once per sampling run.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import pytest
 import tiny_models
@@ -60,18 +64,44 @@ def comfy_priority_branch(monkeypatch, priority: list) -> list:
     return built
 
 
-def spy_routes(comfy, monkeypatch, module: str) -> list[tuple[bool, int]]:
-    """(fused route taken, batch) of each `attend` call of a hooks module (the engine itself runs)."""
+# torch's switches of the SDPA backends, which an ``sdpa_kernel`` context sets while it is in force
+SDPA_SWITCHES = {
+    SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled,
+    SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled,
+    SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled,
+    SDPBackend.CUDNN_ATTENTION: torch.backends.cuda.cudnn_sdp_enabled,
+}
+
+
+def backends_on() -> frozenset:
+    """The SDPA backends switched on now (all of them where no ``sdpa_kernel`` context is in force)."""
+    return frozenset(b for b, on in SDPA_SWITCHES.items() if on())
+
+
+class Call(NamedTuple):
+    fused: bool  # the fused route: the engine makes the SDPA call itself (no compute_out)
+    batch: int
+    backends: frozenset  # the SDPA backends on when the engine was called
+
+
+def spy_routes(comfy, monkeypatch, module: str) -> list[Call]:
+    """Each `attend` call of a hooks module (the engine itself runs): its route, batch, and the SDPA
+    backends on as it starts (an ``sdpa_kernel`` context entered around it shows there)."""
     hooks = comfy.submodule(module)
-    seen: list[tuple[bool, int]] = []
+    seen: list[Call] = []
     real = hooks.attend
 
     def spy(q, *args, **kwargs):
-        seen.append((kwargs.get("compute_out") is None, int(q.shape[0])))
+        seen.append(Call(kwargs.get("compute_out") is None, int(q.shape[0]), backends_on()))
         return real(q, *args, **kwargs)
 
     monkeypatch.setattr(hooks, "attend", spy)
     return seen
+
+
+def context_only_on_the_fused_route(seen: list[Call], priority: list, everything: frozenset) -> bool:
+    """ComfyUI's priority context (its backends alone) around each fused call, and around no other."""
+    return all(c.backends == (frozenset(priority) if c.fused else everything) for c in seen)
 
 
 def notes(caplog, text: str) -> int:
@@ -95,7 +125,8 @@ def test_fused_route_runs_in_comfys_sdpa_context(comfy, tiny_dir, name, monkeypa
         for _ in range(2):
             out = sample(comfy, patched, pos, neg, latent_node, cfg)
             assert torch.equal(out, stock), "the fused route did not make ComfyUI's SDPA call"
-    assert seen and all(fused for fused, _ in seen)
+    assert seen and all(c.fused for c in seen)
+    assert all(c.backends == {SDPBackend.MATH} for c in seen), "the fused route ran outside ComfyUI's context"
     # the math kernel gives no log-sum-exp: said once in each run (the hooks reset the engine's notes)
     assert notes(caplog, MATH_NOTE) == 2, [r.getMessage() for r in caplog.records]
     torch.testing.assert_close(probe.result.maps[("positive", 0)], plain_probe.result.maps[("positive", 0)],
@@ -117,7 +148,7 @@ def test_no_context_where_comfy_has_none(comfy, tiny_dir, monkeypatch, caplog):
     with caplog.at_level(logging.INFO):
         out = sample(comfy, patched, pos, neg, latent_node, cfg)
     assert torch.equal(out, stock)
-    assert seen and all(fused for fused, _ in seen)
+    assert seen and all(c.fused for c in seen)
     engine = [r.getMessage() for r in caplog.records if r.name.endswith(("attention.sdpa", "attention.engine"))]
     assert engine == [], engine  # SDPA's own choice here is the CPU flash kernel: no fallback
 
@@ -134,14 +165,49 @@ def test_fused_route_only_within_comfys_batch_limit(comfy, tiny_dir, name, monke
     seen = spy_routes(comfy, monkeypatch, "nodes.model_hooks")
     out = sample(comfy, patched, pos, neg, latent_node, cfg)
     assert torch.equal(out, stock)
-    assert max(b for _, b in seen) == 2, "cond and uncond were not batched: the limit is not crossed"
-    assert seen and not any(fused for fused, b in seen if b > 1), "the fused route took a batch ComfyUI splits"
+    assert max(c.batch for c in seen) == 2, "cond and uncond were not batched: the limit is not crossed"
+    assert seen and not any(c.fused for c in seen if c.batch > 1), "the fused route took a batch ComfyUI splits"
     torch.testing.assert_close(probe.result.maps[("positive", 0)], plain_probe.result.maps[("positive", 0)],
                                atol=1e-6, rtol=0)
     monkeypatch.setattr(attention, "SDP_BATCH_LIMIT", 2)
     seen.clear()
     assert torch.equal(sample(comfy, patched, pos, neg, latent_node, cfg), stock)
-    assert seen and all(fused for fused, _ in seen)
+    assert seen and all(c.fused for c in seen)
+
+
+def call_through(func, *args, **kwargs):
+    """Another pack's ``optimized_attention_override`` (Sage attention and the like), here calling through."""
+    return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("where", ["cpu default", "override in front", "over the batch limit"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_comfys_context_only_on_the_fused_route(comfy, tiny_dir, name, where, monkeypatch):
+    """Off the fused route the engine never enters ComfyUI's priority context (the backend ComfyUI runs,
+    or the override in front, decides its own kernels); on it, always."""
+    everything = backends_on()
+    assert everything > {SDPBackend.MATH}
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, name)
+    if where != "cpu default":  # ComfyUI's SDPA backend, as on a GPU
+        attention = stock_sdpa_backend(monkeypatch)
+    if where == "override in front":
+        model = model.clone()
+        model.model_options["transformer_options"]["optimized_attention_override"] = call_through
+    if where == "over the batch limit":
+        monkeypatch.setattr(attention, "SDP_BATCH_LIMIT", 1)  # cond and uncond come as a batch of 2
+    priority = [SDPBackend.MATH]
+    comfy_priority_branch(monkeypatch, priority)
+    stock = sample(comfy, model, pos, neg, latent_node, cfg)
+    patched, _ = patch(comfy, model)
+    seen = spy_routes(comfy, monkeypatch, "nodes.model_hooks")
+    assert torch.equal(sample(comfy, patched, pos, neg, latent_node, cfg), stock)
+    assert seen and not any(c.fused for c in seen if c.batch > 1)
+    if where == "over the batch limit":
+        assert any(c.batch > 1 for c in seen), "cond and uncond were not batched: the limit is not crossed"
+    else:
+        assert not any(c.fused for c in seen)
+    assert context_only_on_the_fused_route(seen, priority, everything), \
+        f"ComfyUI's priority context was entered off the fused route: {sorted(set(seen))}"
 
 
 def pytorch_text_attention(monkeypatch):
@@ -168,7 +234,8 @@ def test_text_encoder_fused_route_in_comfys_sdpa_context(comfy, monkeypatch, cap
     comfy.submodule("attention.sdpa").reset_fallback_log()  # (a sampling run does this; here no run comes first)
     with caplog.at_level(logging.INFO):
         got = encode(comfy, patched, PROMPT)
-    assert seen and all(fused for fused, _ in seen)
+    assert seen and all(c.fused for c in seen)
+    assert all(c.backends == {SDPBackend.MATH} for c in seen), "the fused route ran outside ComfyUI's context"
     assert torch.equal(got, stock), "the text encoder's fused route did not make ComfyUI's SDPA call"
     assert notes(caplog, MATH_NOTE) >= 1
 
@@ -184,9 +251,29 @@ def test_text_encoder_fused_route_only_within_comfys_batch_limit(comfy, monkeypa
     seen = spy_routes(comfy, monkeypatch, "nodes.clip_hooks")
     got = encode(comfy, patched, LONG_PROMPT)
     assert torch.equal(got, stock)
-    assert seen and all(b == 2 for _, b in seen), "the long prompt was not one batch of two chunks"
-    assert not any(fused for fused, _ in seen), "the fused route took a batch ComfyUI splits"
+    assert seen and all(c.batch == 2 for c in seen), "the long prompt was not one batch of two chunks"
+    assert not any(c.fused for c in seen), "the fused route took a batch ComfyUI splits"
     monkeypatch.setattr(attention, "SDP_BATCH_LIMIT", 2)
     seen.clear()
     assert torch.equal(encode(comfy, patched, LONG_PROMPT), stock)
-    assert seen and all(fused for fused, _ in seen)
+    assert seen and all(c.fused for c in seen)
+
+
+@pytest.mark.parametrize("where", ["cpu default", "over the batch limit"])
+def test_text_encoder_enters_comfys_context_only_on_the_fused_route(comfy, monkeypatch, where):
+    import comfy.ldm.modules.attention as attention
+
+    everything = backends_on()
+    if where == "over the batch limit":
+        pytorch_text_attention(monkeypatch)
+        monkeypatch.setattr(attention, "SDP_BATCH_LIMIT", 1)  # the two chunks of the long prompt: split
+    clip = tiny_models.clip_sd15()
+    patched, _ = comfy.run("EnfoquePatchCLIP", clip=clip, weight_mode="attention", capture=True)
+    priority = [SDPBackend.MATH]
+    comfy_priority_branch(monkeypatch, priority)
+    stock = encode(comfy, clip, LONG_PROMPT)
+    seen = spy_routes(comfy, monkeypatch, "nodes.clip_hooks")
+    assert torch.equal(encode(comfy, patched, LONG_PROMPT), stock)
+    assert seen and not any(c.fused for c in seen)
+    assert context_only_on_the_fused_route(seen, priority, everything), \
+        f"ComfyUI's priority context was entered off the fused route: {sorted(set(seen))}"
