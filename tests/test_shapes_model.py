@@ -116,13 +116,25 @@ def test_quick_benchmark_maps_of_an_existing_picture_land_on_its_objects(quality
 
 
 def test_quick_benchmark_weights_act_on_the_picture(quality):
+    """4 held-out captions x 2 seeds: 8 pictures to judge, each of the rates 8/8 in both modes on the
+    committed model (colour:2 area ratio, median: bias 1.07, scale 2.36). Weights that do nothing remove
+    no object and raise no area (rates 0, ratio 1)."""
     _, res = quality
     for mode in ("bias", "scale"):
         w = res["weights"][mode]
-        assert w["cases"] >= 2
-        assert w["shape0_removes_object"] >= 0.5, (mode, w)
-        assert w["shape0_keeps_other"] >= 0.5, (mode, w)
-        assert w["colour2_raises_area"] >= 0.5, (mode, w)
+        assert w["cases"] >= 6, (mode, w)
+        assert w["shape0_removes_object"] >= 0.75, (mode, w)
+        assert w["shape0_keeps_other"] >= 0.75, (mode, w)
+        assert w["colour2_raises_area"] >= 0.75, (mode, w)
+        assert w["colour2_area_ratio_median"] > 1.0, (mode, w)
+
+
+def test_quick_benchmark_computes_no_concept_maps(quality):
+    """Concept maps do not localise on the shapes model (README): the quick run leaves them out rather than
+    compute figures no test holds."""
+    _, res = quality
+    assert res["concepts_generated"] == {}
+    assert all(not any(k.startswith("concept") for k in row) for row in res["existing"].values())
 
 
 def test_stock_and_patched_clip_maps_agree(quality):
