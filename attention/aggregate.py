@@ -139,6 +139,3 @@ class MapAccumulator:
     def block_means(self, key: Hashable) -> dict[Hashable, Tensor]:
         r = self.records[key]
         return {b: t / r.block_calls[b] for b, t in r.blocks.items()}
-
-    def clear(self) -> None:
-        self.records.clear()

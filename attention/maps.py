@@ -24,10 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .formats import listed
+from .selection import NotAWord, parse_items
+from .selection import select as select_words
+
 NORMALISATIONS: tuple[str, ...] = ("none", "minmax", "softmax", "text")
 
 _OTSU_BINS = 256
-_LABEL_STRIP = " \t\r\n.,;:!?\"'`()[]{}<>"
 
 
 def _check_finite(t: Tensor, what: str) -> None:
@@ -146,7 +149,7 @@ def pool_tokens(
 ) -> Tensor:
     """Average sub-token maps into word maps: `[B, words, H, W]` float32.
 
-    A word's map is the MEAN of its sub-token maps (DESIGN: Token layout), so a
+    A word's map is the MEAN of its sub-token maps (DESIGN.md, the engine's token layout), so a
     word split into many BPE pieces is not louder than a one-token word.
 
     Args:
@@ -330,78 +333,34 @@ def resize(maps: Tensor | AttentionMaps, size: tuple[int, int]) -> Tensor | Atte
 # ---------------------------------------------------------------------------
 
 
-def _norm_label(s: str) -> str:
-    return re.sub(r"\s+", " ", str(s).strip(_LABEL_STRIP).casefold())
-
-
-def _list_labels(words: Sequence[str], limit: int = 60) -> str:
-    seen: list[str] = []
-    for w in words:
-        if w not in seen:
-            seen.append(w)
-    shown = ", ".join(repr(w) for w in seen[:limit])
-    if len(seen) > limit:
-        shown += f", ... ({len(seen) - limit} more)"
-    return shown or "(none)"
-
-
 def select(maps: AttentionMaps, words_query: str) -> AttentionMaps:
-    """Pick word maps by a comma-separated query such as `"cat, red fur"`.
-
-    Each query item becomes one map, labelled as written:
-    - an item equal to a label (case-insensitive, outer punctuation ignored)
-      takes that label's map; if the label occurs several times (the word is
-      repeated in the prompt), the mean of its maps;
-    - otherwise a phrase is split into words, each word is matched to labels
-      the same way, and the phrase map is the mean of its words' maps (the
-      same mean-pooling rule as for sub-tokens).
-    An empty query selects every word unchanged.
+    """Pick word maps by a ``words`` text such as ``"cat, red fur"``, by `selection`'s rule (the rule of
+    every node that takes words): each item becomes one map, labelled as written, the mean of the maps
+    of the words it selects (a repeated word: all its occurrences, ``word#2`` the second; a phrase: its
+    words where they stand together). An empty text selects every map unchanged.
 
     Raises:
-        ValueError: a word matches no label; the message lists the labels.
+        ValueError: an item that selects no word; the message lists the labels.
     """
     if not isinstance(maps, AttentionMaps):
         raise ValueError(f"select: expected AttentionMaps, got {type(maps).__name__}.")
-    items: list[str] = []
-    for part in str(words_query or "").split(","):
-        item = re.sub(r"\s+", " ", part.strip())
-        if item and item not in items:
-            items.append(item)
-    if not items:
+    if not parse_items(words_query):
         return maps.derive()
-
-    index: dict[str, list[int]] = {}
-    for i, label in enumerate(maps.words):
-        index.setdefault(_norm_label(label), []).append(i)
-
-    def lookup(word: str, item: str) -> Tensor:
-        rows = index.get(_norm_label(word))
-        if not rows:
-            hint = ""
-            if maps.words and all(re.fullmatch(r"#\d+", w.strip()) for w in maps.words):
-                hint = (
-                    " These maps are labelled by context position only: put EnfoquePatchCLIP before "
-                    "the text encode to get word labels."
-                )
-            where = f" (in {item!r})" if word != item else ""
-            raise ValueError(
-                f"select: word {word!r}{where} is not among the map labels. "
-                f"Available: {_list_labels(maps.words)}.{hint}"
+    try:
+        picks = select_words(maps.words, words_query)
+    except NotAWord as exc:
+        hint = ""
+        if maps.words and all(re.fullmatch(r"#\d+", w.strip()) for w in maps.words):
+            hint = (
+                " These maps are labelled by context position only: put EnfoquePatchCLIP before "
+                "the text encode to get word labels."
             )
-        return maps.maps[:, rows].mean(dim=1)
-
-    out = []
-    for item in items:
-        if _norm_label(item) in index:
-            out.append(lookup(item, item))
-            continue
-        parts = [p for p in (_norm_label(x) for x in item.split(" ")) if p]
-        if not parts:
-            raise ValueError(
-                f"select: query item {item!r} has no word in it. Available: {_list_labels(maps.words)}."
-            )
-        out.append(torch.stack([lookup(p, item) for p in parts], dim=1).mean(dim=1))
-    return maps.derive(torch.stack(out, dim=1), words=items, selection=items)
+        raise ValueError(
+            f"select: word {exc.item!r} is not among the map labels. Available: {listed(maps.words, quote=True)}.{hint}"
+        ) from None
+    out = torch.stack([maps.maps[:, list(p.indices)].mean(dim=1) for p in picks], dim=1)
+    labels = [p.label for p in picks]
+    return maps.derive(out, words=labels, selection=labels)
 
 
 # ---------------------------------------------------------------------------

@@ -286,3 +286,16 @@ def token_matrix_image(
     draw.text((left - pad - kw, pad), "keys", fill=(160, 160, 160), font=font)
     draw.text((pad, top - pad - line), "queries", fill=(160, 160, 160), font=font)
     return torch.from_numpy(np.asarray(canvas).copy()).to(torch.float32).div_(255.0).unsqueeze(0)
+
+
+def titled(picture: Tensor, title: str) -> Tensor:
+    """``[1, H, W, 3]`` with a caption bar on top: the title of one frame of an animation (a step, a
+    block, a latent frame), in the panels' caption font scaled to the picture's width."""
+    w = int(picture.shape[2])
+    font = load_font(max(12, min(28, round(w / 40))))
+    _, top, _, bottom = font.getbbox("Ag%|")
+    pad = max(2, int(bottom - top) // 3)
+    canvas = Image.new("RGB", (w, _line_height(font) + 2 * pad), _CAPTION_BG)
+    ImageDraw.Draw(canvas).text((pad, pad), _drawable(title, font), fill=_CAPTION_FG, font=font)
+    head = torch.from_numpy(np.asarray(canvas).copy()).to(torch.float32).div_(255.0)[None]
+    return torch.cat([head, picture.to(torch.float32)], dim=1)

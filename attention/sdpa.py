@@ -58,6 +58,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .oncelog import OnceLog
+
 log = logging.getLogger(__name__)
 
 # torch.nn.attention.SDPBackend values (the ints torch._fused_sdp_choice returns)
@@ -77,24 +79,7 @@ _MAX_ROUTES = 1024
 # -- logging each fallback once ---------------------------------------------------------------
 
 
-class FallbackLog:
-    """Log a message once per key (a fallback and its reason), until ``reset``."""
-
-    def __init__(self) -> None:
-        self._seen: set[Hashable] = set()
-
-    def once(self, key: Hashable, msg: str, *args, level: int = logging.WARNING) -> bool:
-        if key in self._seen:
-            return False
-        self._seen.add(key)
-        log.log(level, msg, *args)
-        return True
-
-    def reset(self) -> None:
-        self._seen.clear()
-
-
-FALLBACKS = FallbackLog()
+FALLBACKS = OnceLog(log)  # the engine's fallbacks, once per reason until a sampling run resets them
 
 
 def reset_fallback_log() -> None:

@@ -115,7 +115,7 @@ class Session:
         import torch
 
         self.torch = torch
-        self.tokens = h.submodule("attention.tokens")
+        self.tokens = h.submodule("attention.layout")
         if model == "sd35m":
             dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
             self.model = tiny_models.sd35_medium_like(depth=args.depth or 24, device=args.device, dtype=dtype)
@@ -178,7 +178,7 @@ class Session:
                 peak = next(int(x.split()[1]) * 1024 for x in f if x.startswith("VmHWM:"))
         return {"model": self.model_name, "config": config, "variant": variant, "seconds": seconds, "peak": peak,
                 "finite": bool(torch.isfinite(out["samples"]).all()),
-                "backend": h.submodule("nodes.model_hooks").comfy_attention.optimized_attention.__name__,
+                "backend": h.submodule("nodes.common.sdpa").comfy_attention.optimized_attention.__name__,
                 "device_name": torch.cuda.get_device_name() if cuda else "cpu"}
 
 

@@ -1,104 +1,67 @@
-"""The concept stream of EnfoquePatchModel (ENFOQUE_CONCEPTS from EnfoqueConcepts): concept tokens
-that run through the joint blocks beside the prompt, with the text stream's modulation, QKV,
-projection and MLP weights, and attend to ``[concepts; image]`` (``attention/concepts.py``).
-
-- `Concepts`: what EnfoqueConcepts outputs: the names and one context vector per concept (the
-  mean of the concept word's token vectors when it is encoded alone).
-- `ConceptStream`: per family, how a block's text weights move the stream: SD3's joint blocks
-  (``context_block``) and Flux's double blocks (``txt_mod``, ``txt_attn``, ``txt_mlp``).
-- `ConceptCall`: what a block replace hands the attention override for one block call (the
-  concepts' q, k, v) and gets back (their attention output).
-
-Image and text never attend to the concepts, so a patched model's output is the stock one.
-"""
+"""Enfoque Concepts and Enfoque Image Maps: concept maps (ConceptAttention) and maps of an image the
+user already has."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from comfy_api.latest import io
 
-import torch
-from torch import Tensor
-
-from ..attention.engine import to_bhnd
-
-
-@dataclass(frozen=True)
-class Concepts:
-    """ENFOQUE_CONCEPTS: concept names and their context vectors ``[concepts, context_dim]`` float32."""
-
-    names: tuple[str, ...]
-    embeddings: Tensor
-    encoder: str = ""  # the text encoder that made them (for messages)
-
-    def __len__(self) -> int:
-        return len(self.names)
+from ..attention.formats import brief
+from ..attention.selection import parse_items
+from .model_patch.concepts import encode_concepts
+from .model_patch.image_maps import explain
+from .names import CONCEPTS, IMAGE_MAPS, PATCH_MODEL
+from .sockets import ConceptsType, Maps, schema
 
 
-@dataclass
-class ConceptCall:
-    """One block call's concept queries/keys/values ``[B, H, Nc, D]``; ``out`` is set by the attention
-    override: the concepts' attention output ``[B, Nc, H*D]``."""
-
-    q: Tensor
-    k: Tensor
-    v: Tensor
-    block: int
-    record: bool  # whether this block's scores go into the maps (the block is one of the chosen blocks)
-    txt_len: int  # text tokens first in the joint sequence
-    seq_len: int  # keys of the block's joint attention (text + image)
-    out: Tensor | None = None
+def parse_concepts(text: str, node: str = CONCEPTS) -> list[str]:
+    """Comma separated concept names, each once (by the pack's word rule), in order."""
+    if not isinstance(text, str):
+        raise ValueError(f"{node}: concepts {brief(text)!r} is not text; type concepts separated by commas, "
+                         "e.g. circle, square, background.")
+    names = [item.text for item in parse_items(text)]
+    if not names:
+        raise ValueError(f"{node}: concepts is empty; type concepts separated by commas, e.g. circle, square, "
+                         "background.")
+    return names
 
 
-class ConceptStream:
-    """How one family's blocks move the concept stream; the block's own weights, no copies."""
+class EnfoqueConcepts(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema("EnfoqueConcepts", inputs=[
+                io.Clip.Input("clip", tooltip="The text encoder of the model's prompts (the same CLIP)."),
+                io.String.Input("concepts", default="", tooltip="Concepts, comma separated, e.g. circle, square, "
+                                "background."),
+            ],
+            outputs=[ConceptsType.Output(display_name="concepts")],
+        )
 
-    families = ("sd3", "flux")
+    @classmethod
+    def execute(cls, clip, concepts) -> io.NodeOutput:
+        if clip is None or not hasattr(clip, "tokenize"):
+            raise ValueError(f"{CONCEPTS}: clip is {type(clip).__name__}, not a CLIP; connect the CLIP that "
+                             "encodes the model's prompts.")
+        return io.NodeOutput(encode_concepts(clip, parse_concepts(concepts), CONCEPTS))
 
-    def __init__(self, family: str, dm) -> None:
-        if family not in self.families:
-            raise ValueError(family)
-        self.family, self.dm = family, dm
 
-    def context_dim(self) -> int:
-        layer = self.dm.context_embedder if self.family == "sd3" else self.dm.txt_in
-        return int(layer.in_features)
+class EnfoqueImageMaps(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema("EnfoqueImageMaps", inputs=[
+                io.Model.Input("model", tooltip=f"The MODEL output of {PATCH_MODEL} (capture on)."),
+                io.Conditioning.Input("positive", tooltip="The prompt whose words are mapped."),
+                io.Latent.Input("latent", tooltip="The image to explain, from VAE Encode."),
+                io.Float.Input("noise", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="How far to noise the latent: the fraction of the model's sigma range "
+                               "(0 = its lowest sigma, 1 = pure noise)."),
+                io.Int.Input("repeats", default=4, min=1, max=64,
+                             tooltip="Model runs with different noise; their maps are averaged."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the first repeat's noise; repeat r uses seed + r."),
+            ],
+            outputs=[Maps.Output(display_name="maps"), Maps.Output(display_name="concept_maps")],
+        )
 
-    def start(self, embeddings: Tensor, batch: int, like: Tensor) -> Tensor:
-        """The stream entering the first block: the concept vectors through the model's text input layer."""
-        e = embeddings.to(device=like.device, dtype=like.dtype)[None].expand(batch, -1, -1)
-        if self.family == "sd3":
-            if getattr(self.dm, "context_processor", None) is not None:
-                e = self.dm.context_processor(e)
-            return self.dm.context_embedder(e)
-        if getattr(self.dm, "txt_norm", None) is not None:
-            e = self.dm.txt_norm(e)
-        return self.dm.txt_in(e)
-
-    def pre(self, index: int, x: Tensor, vec: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor], tuple]:
-        """(q, k, v) ``[B, H, Nc, D]`` of the stream at double block ``index``, and what `post` needs."""
-        if self.family == "sd3":
-            cb = self.dm.joint_blocks[index].context_block
-            qkv, inter = cb.pre_attention(x, vec)
-            heads = cb.attn.num_heads
-            return tuple(to_bhnd(t, heads, False) for t in qkv), (cb, inter)
-        blk = self.dm.double_blocks[index]
-        mod1, mod2 = blk.txt_mod(vec)
-        xm = torch.addcmul(mod1.shift, blk.txt_norm1(x), 1 + mod1.scale)
-        qkv = blk.txt_attn.qkv(xm)
-        q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, blk.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k = blk.txt_attn.norm(q, k, v)
-        return (q, k, v), (blk, mod1, mod2)
-
-    def post(self, x: Tensor, out: Tensor, ctx: tuple) -> Tensor:
-        """The stream after the block: its attention output through the text stream's projection and MLP."""
-        if self.family == "sd3":
-            cb, inter = ctx
-            if cb.pre_only:  # SD3's last block updates no text
-                return x
-            return cb.post_attention(out, *inter)
-        blk, mod1, mod2 = ctx
-        x = x + mod1.gate * blk.txt_attn.proj(out)
-        return x + mod2.gate * blk.txt_mlp(torch.addcmul(mod2.shift, blk.txt_norm2(x), 1 + mod2.scale))
-
-    def doubles(self) -> int:
-        return len(self.dm.joint_blocks if self.family == "sd3" else self.dm.double_blocks)
+    @classmethod
+    def execute(cls, model, positive, latent, noise, repeats, seed) -> io.NodeOutput:
+        return io.NodeOutput(*explain(model, positive, latent, noise, repeats, seed, IMAGE_MAPS))

@@ -3,15 +3,11 @@
 from comfy_api.latest import ComfyExtension, io
 
 from . import routes  # noqa: F401  (registers the /enfoque/ HTTP routes on the running server)
-from .concept_nodes import EnfoqueConcepts, EnfoqueImageMaps
-from .model_nodes import EnfoqueAttentionMaps, EnfoquePatchModel
-from .output_nodes import (
-    EnfoqueHeatmaps,
-    EnfoqueLoadAttentionMaps,
-    EnfoqueMapsToMask,
-    EnfoqueSaveAttentionMaps,
-)
-from .text_nodes import EnfoquePatchCLIP, EnfoqueTextAttentionMaps, EnfoqueTokenWeights
+from .concepts import EnfoqueConcepts, EnfoqueImageMaps
+from .files import EnfoqueLoadAttentionMaps, EnfoqueSaveAttentionMaps
+from .model import EnfoqueAttentionMaps, EnfoquePatchModel
+from .pictures import EnfoqueHeatmaps, EnfoqueMapsToMask
+from .text import EnfoquePatchCLIP, EnfoqueTextAttentionMaps, EnfoqueTokenWeights
 
 
 class EnfoqueExtension(ComfyExtension):

@@ -152,7 +152,7 @@ def test_errors_follow_one_style(comfy, tiny_dir):
 
 
 def test_engine_errors_lose_their_internal_prefix(comfy):
-    out = comfy.submodule("nodes.output_nodes")
+    out = comfy.submodule("nodes.common.errors")
     assert out.engine_message(ValueError("select: word 'x' is not among the map labels. Available: 'a'.")) == (
         "word 'x' is not among the map labels. Available: 'a'."
     )
@@ -186,7 +186,7 @@ def test_cond_index_keeps_working_under_its_new_label(comfy, tiny_dir):
 
 
 def test_weights_with_reweight_off_give_a_notice_not_an_error(comfy, tiny_dir, caplog):
-    notices = comfy.submodule("nodes.notices")
+    notices = comfy.submodule("nodes.model_patch.wrappers")
     sent = []
     real = notices.notify
     notices.notify = lambda node, text: sent.append((node, text))

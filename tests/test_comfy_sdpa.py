@@ -120,7 +120,7 @@ def test_fused_route_runs_in_comfys_sdpa_context(comfy, tiny_dir, name, monkeypa
     stock = sample(comfy, model, pos, neg, latent_node, cfg)
     assert not torch.equal(stock, flash), "the kernel does not show in the output here: the test cannot tell"
     patched, probe = patch(comfy, model)
-    seen = spy_routes(comfy, monkeypatch, "nodes.model_hooks")
+    seen = spy_routes(comfy, monkeypatch, "nodes.model_patch.override")
     with caplog.at_level(logging.INFO):
         for _ in range(2):
             out = sample(comfy, patched, pos, neg, latent_node, cfg)
@@ -142,7 +142,7 @@ def test_no_context_where_comfy_has_none(comfy, tiny_dir, monkeypatch, caplog):
     model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, "sd3")
     stock = sample(comfy, model, pos, neg, latent_node, cfg)
     patched, _ = patch(comfy, model)
-    seen = spy_routes(comfy, monkeypatch, "nodes.model_hooks")
+    seen = spy_routes(comfy, monkeypatch, "nodes.model_patch.override")
     sdpa = comfy.submodule("attention.sdpa")
     sdpa.reset_routes()
     with caplog.at_level(logging.INFO):
@@ -162,7 +162,7 @@ def test_fused_route_only_within_comfys_batch_limit(comfy, tiny_dir, name, monke
     monkeypatch.setattr(attention, "SDP_BATCH_LIMIT", 1)  # ComfyUI now runs SDPA per batch row
     stock = sample(comfy, model, pos, neg, latent_node, cfg)
     patched, probe = patch(comfy, model)
-    seen = spy_routes(comfy, monkeypatch, "nodes.model_hooks")
+    seen = spy_routes(comfy, monkeypatch, "nodes.model_patch.override")
     out = sample(comfy, patched, pos, neg, latent_node, cfg)
     assert torch.equal(out, stock)
     assert max(c.batch for c in seen) == 2, "cond and uncond were not batched: the limit is not crossed"
@@ -230,7 +230,7 @@ def test_text_encoder_fused_route_in_comfys_sdpa_context(comfy, monkeypatch, cap
     comfy_priority_branch(monkeypatch, [SDPBackend.MATH])
     stock = encode(comfy, clip, PROMPT)
     assert not torch.equal(stock, flash), "the kernel does not show in the output here: the test cannot tell"
-    seen = spy_routes(comfy, monkeypatch, "nodes.clip_hooks")
+    seen = spy_routes(comfy, monkeypatch, "nodes.clip_patch.attention")
     comfy.submodule("attention.sdpa").reset_fallback_log()  # (a sampling run does this; here no run comes first)
     with caplog.at_level(logging.INFO):
         got = encode(comfy, patched, PROMPT)
@@ -248,7 +248,7 @@ def test_text_encoder_fused_route_only_within_comfys_batch_limit(comfy, monkeypa
     patched, _ = comfy.run("EnfoquePatchCLIP", clip=clip, weight_mode="attention", capture=True)
     monkeypatch.setattr(attention, "SDP_BATCH_LIMIT", 1)
     stock = encode(comfy, clip, LONG_PROMPT)
-    seen = spy_routes(comfy, monkeypatch, "nodes.clip_hooks")
+    seen = spy_routes(comfy, monkeypatch, "nodes.clip_patch.attention")
     got = encode(comfy, patched, LONG_PROMPT)
     assert torch.equal(got, stock)
     assert seen and all(c.batch == 2 for c in seen), "the long prompt was not one batch of two chunks"

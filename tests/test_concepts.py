@@ -245,7 +245,7 @@ def test_concept_errors(comfy, tiny_dir):
         comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="", kind="concept")
     patched, probe = patch(comfy, model, concepts=concepts)
     out = ksample(comfy, patched, pos, neg, cfg, steps=1)
-    with pytest.raises(ValueError, match="'dog' in words is not one of the concepts: cat, chair, background"):
+    with pytest.raises(ValueError, match="'dog' in words is not one of the concepts; concepts: cat, chair, background"):
         comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="dog", kind="concept")
 
 

@@ -121,7 +121,7 @@ def uuids_of(probe):
 @pytest.fixture
 def keep_routes(comfy, monkeypatch):
     """Keep each run's uuid -> route table on the probe (the reference is keyed by uuid)."""
-    hooks = comfy.submodule("nodes.model_hooks")
+    hooks = comfy.submodule("nodes.model_patch.probe")
     begin = hooks.ModelProbe.begin_run
 
     def spy(self, *args, **kwargs):
@@ -165,7 +165,7 @@ def test_concat_positions_past_the_layout_get_position_labels(comfy, tiny_dir, k
 def test_concat_weights_apply_only_where_the_layout_says(comfy, tiny_dir):
     """cat:0 on "a red cat" ++ "a blue dog" removes context position 3 only: the same output as weights
     {3: 0} on a layout of all 154 positions. Read as two copies of one prompt it would also remove 80."""
-    tokens = comfy.submodule("attention.tokens")
+    tokens = comfy.submodule("attention.layout")
     clip = patched_clip(comfy)
     a, b = encode(comfy, clip, "a red cat"), encode(comfy, clip, "a blue dog")
     both = comfy.run("ConditioningConcat", conditioning_to=a, conditioning_from=b)[0]

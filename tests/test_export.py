@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attention import export  # noqa: E402
+from attention import export, export_png, mapfiles  # noqa: E402
 from attention.maps import AttentionMaps  # noqa: E402
 
 META = {
@@ -63,7 +63,7 @@ def check_png_close(loaded: AttentionMaps, original: AttentionMaps) -> None:
     x = original.maps.double()
     lo = torch.minimum(x.amin(dim=(2, 3), keepdim=True), torch.zeros(()))
     hi = x.amax(dim=(2, 3), keepdim=True)
-    tol = (hi - lo) * export.PNG_RELATIVE_TOLERANCE + 2 * torch.finfo(torch.float32).eps * hi.abs()
+    tol = (hi - lo) * mapfiles.PNG_RELATIVE_TOLERANCE + 2 * torch.finfo(torch.float32).eps * hi.abs()
     err = (loaded.maps.double() - x).abs()
     assert bool((err <= tol).all()), f"max error {float(err.max())}, allowed {float(tol.max())}"
 
@@ -104,7 +104,7 @@ def test_png_files_are_16_bit_grayscale_scaled_by_max(tmp_path):
     m = make((1, 3, 8, 8))
     paths = export.save_png(m, tmp_path, "maps_00001_")
     sidecar = json.loads(paths[0].read_text(encoding="utf-8"))
-    assert sidecar["format"] == export.FORMAT and sidecar["storage"] == "png16"
+    assert sidecar["format"] == mapfiles.FORMAT and sidecar["storage"] == "png16"
     assert sidecar["shape"] == [1, 3, 8, 8]
     assert [e["file"] for e in sidecar["files"]] == [p.name for p in paths[1:]]
     assert [e["label"] for e in sidecar["files"]] == m.words
@@ -127,7 +127,7 @@ def test_safetensors_metadata_is_readable_by_other_tools(tmp_path):
     with safetensors.safe_open(str(path), framework="np") as f:
         meta = f.metadata()
         arr = f.get_tensor("maps")
-    assert meta["format"] == export.FORMAT and meta["format_version"] == str(export.FORMAT_VERSION)
+    assert meta["format"] == mapfiles.FORMAT and meta["format_version"] == str(mapfiles.FORMAT_VERSION)
     assert all(isinstance(v, str) for v in meta.values())
     assert json.loads(meta["words"]) == m.words
     assert json.loads(meta["meta"]) == m.meta
@@ -141,7 +141,7 @@ def test_npz_loads_without_pickle(tmp_path):
         assert set(z.files) == {"maps", "metadata"}
         doc = json.loads(str(z["metadata"]))
         assert np.array_equal(z["maps"], m.maps.numpy())
-    assert doc["words"] == m.words and doc["meta"] == m.meta and doc["format"] == export.FORMAT
+    assert doc["words"] == m.words and doc["meta"] == m.meta and doc["format"] == mapfiles.FORMAT
 
 
 TRICKY = {
@@ -199,7 +199,7 @@ def test_no_overwrite(tmp_path, fmt):
 
 def test_png_set_refuses_when_any_member_exists(tmp_path):
     m = make()
-    _, image_names = export.png_names("maps_00001_", 1, m.words)
+    _, image_names = export_png.png_names("maps_00001_", 1, m.words)
     (tmp_path / image_names[2]).write_bytes(b"someone else's file")
     with pytest.raises(FileExistsError):
         export.save_png(m, tmp_path, "maps_00001_")
@@ -223,14 +223,14 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch, fmt):
     def failing_fsync(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export.os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="No space"):
         SAVERS[fmt](make(), tmp_path)
     assert listing(tmp_path) == []
 
 
 def test_png_failure_half_way_rolls_back_the_set(tmp_path, monkeypatch):
-    real = export._encode_png
+    real = export_png._encode_png
     calls = []
 
     def flaky(q):
@@ -239,7 +239,7 @@ def test_png_failure_half_way_rolls_back_the_set(tmp_path, monkeypatch):
             raise RuntimeError("encoder crashed")
         return real(q)
 
-    monkeypatch.setattr(export, "_encode_png", flaky)
+    monkeypatch.setattr(export_png, "_encode_png", flaky)
     with pytest.raises(RuntimeError, match="encoder crashed"):
         export.save_png(make((2, 3, 8, 8)), tmp_path, "maps_00001_")
     assert len(calls) == 4  # three PNGs had been published when it failed
@@ -268,7 +268,7 @@ def test_interrupted_write_keeps_existing_files_and_leaves_no_temp(tmp_path, mon
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(export.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
     with pytest.raises(KeyboardInterrupt):
         export.save_safetensors(make(), tmp_path / "new.safetensors")
     monkeypatch.undo()
@@ -356,7 +356,7 @@ def test_load_png_set_with_missing_or_tampered_member(tmp_path):
 
 def test_nan_in_a_file_is_refused_naming_the_file(tmp_path):
     path = tmp_path / "nan.npz"
-    doc = {"format": export.FORMAT, "format_version": 1, "words": ["a"], "meta": {}}
+    doc = {"format": mapfiles.FORMAT, "format_version": 1, "words": ["a"], "meta": {}}
     arr = np.zeros((1, 1, 2, 2), np.float32)
     arr[0, 0, 1, 1] = np.nan
     np.savez(path, maps=arr, metadata=np.array(json.dumps(doc)))
@@ -367,7 +367,7 @@ def test_nan_in_a_file_is_refused_naming_the_file(tmp_path):
 def test_newer_format_version_is_refused_clearly(tmp_path):
     m = make()
     path = tmp_path / "future.npz"
-    doc = {"format": export.FORMAT, "format_version": 99, "words": m.words, "meta": {}}
+    doc = {"format": mapfiles.FORMAT, "format_version": 99, "words": m.words, "meta": {}}
     np.savez(path, maps=m.maps.numpy(), metadata=np.array(json.dumps(doc)))
     with pytest.raises(ValueError, match="update Enfoque"):
         export.load(path)
@@ -375,7 +375,7 @@ def test_newer_format_version_is_refused_clearly(tmp_path):
 
 def test_mismatched_words_and_maps_are_refused(tmp_path):
     path = tmp_path / "bad.npz"
-    doc = {"format": export.FORMAT, "format_version": 1, "words": ["a"], "meta": {}}
+    doc = {"format": mapfiles.FORMAT, "format_version": 1, "words": ["a"], "meta": {}}
     np.savez(path, maps=np.zeros((1, 2, 3, 3), np.float32), metadata=np.array(json.dumps(doc)))
     with pytest.raises(ValueError, match="bad.npz"):
         export.load(path)

@@ -341,7 +341,7 @@ def test_layout_matches_comfy_tokenizer_ids(comfy, tiny_dir, name):
         assert lay.template, "the chat template's tokens are kept"
     # the maps and weights leave the template out; the word list never has template words
     assert not {p for s in lay.spans for p in s} & set(lay.template)
-    route = comfy.submodule("nodes.probe_routes").capture_columns(lay, ())
+    route = comfy.submodule("nodes.model_patch.conditionings").capture_columns(lay, ())
     assert not set(route) & set(lay.template)
 
 
@@ -403,10 +403,12 @@ class EncoderReference:
 @pytest.mark.parametrize("name", TEXT_ENCODER_TESTED)
 def test_patch_clip_on_llm_encoders_captures_exact_maps(comfy, tiny_dir, name):
     f = fam(comfy, tiny_dir, name)
-    hooks = comfy.submodule("nodes.clip_hooks")
+    encoders = comfy.submodule("nodes.clip_patch.encoders").ENCODERS
+    install = comfy.submodule("nodes.clip_patch.install")
     pc, probe = comfy.run("EnfoquePatchCLIP", clip=f.clip, weight_mode="attention", capture=True)
-    key = next(k for k, _ in hooks.LLM_ENCODERS if getattr(f.clip.cond_stage_model, k, None) is not None)
-    mods = [m for m in getattr(f.clip.cond_stage_model, key).modules() if hooks.is_self_attention(m)]
+    key = next(e.key for e in encoders.values()
+               if e.key not in ("l", "g", "t5xxl") and getattr(f.clip.cond_stage_model, e.attr, None) is not None)
+    mods = [m for m in getattr(f.clip.cond_stage_model, encoders[key].attr).modules() if install.is_self_attention(m)]
     assert mods and len(mods) == probe.layers[key]
     ref = EncoderReference(mods)
     try:

@@ -203,10 +203,10 @@ BAD_INPUTS = [
     ("budget-nan", "7", {"budget_mb": math.nan}, "EnfoquePatchModel", None,
      ("budget_mb 'nan' is not a number", "set it to a number")),
     ("capture-words-unknown", "7", {"capture_words": "dog"}, "KSampler", "EnfoquePatchModel",
-     ("capture_words 'dog' are not words of the positive prompt", "(a, red, cat, on, blue, chair)",
+     ("'dog' in capture_words is not a word of the positive prompt", "its words: a, red, cat, on, blue, chair.",
       "leave it empty")),
     ("capture-words-100kB", "7", {"capture_words": "zebra " * 20_000}, "KSampler", "EnfoquePatchModel",
-     ("capture_words 'zebra zebra", "...' are not words of the positive prompt", "leave it empty")),
+     ("'zebra zebra", "...' in capture_words is not a word of the positive prompt", "leave it empty")),
     # EnfoquePatchCLIP
     ("clip-not-a-clip", "3", {"clip": ["1", 0]}, "EnfoquePatchCLIP", None, ("CLIP", "MODEL")),
     ("weight-mode-unknown", "3", {"weight_mode": "louder"}, "EnfoquePatchCLIP", None,
@@ -424,17 +424,18 @@ def test_100kB_prompt_patched_clip(comfy):
 def test_long_prompt_layout_is_linear(comfy):
     """SD3: words of CLIP and T5 are aligned word by word. On 100 kB of text whose two tokenisations
     differ ("astronaut's", "3.5kg", "10,000"), the layout takes well under a second and still aligns."""
-    tokens = comfy.submodule("attention.tokens")
-    hooks = comfy.submodule("nodes.clip_hooks")
+    layout_mod = comfy.submodule("attention.layout")
+    words_mod = comfy.submodule("attention.words")
+    encoders = comfy.submodule("nodes.clip_patch.encoders")
     text = ("A photo of an astronaut's helmet, red-fur cat (e.g. 3.5kg) on a chair; don't stop: 10,000 cats! "
             * 1100)[:100_000]
     clip = tiny_models.clip_sd3()
     toks = clip.tokenize(text)
-    streams = [hooks._stream(key, toks[key], hooks._sub_tokenizer(clip.tokenizer, attr, key))
-               for key, attr in hooks.ENCODERS]
+    streams = [encoders.stream_of(e, toks[e.key], encoders.sub_tokenizer(clip.tokenizer, e))
+               for e in encoders.ENCODERS.values() if e.key in ("l", "g", "t5xxl")]
     clip_len = 77 * len(toks["l"])
     t0 = time.perf_counter()
-    layout = tokens.build_layout(streams, clip_len + len(toks["t5xxl"][0]), {"l": 0, "g": 0, "t5xxl": clip_len})
+    layout = layout_mod.build_layout(streams, clip_len + len(toks["t5xxl"][0]), {"l": 0, "g": 0, "t5xxl": clip_len})
     assert time.perf_counter() - t0 < 5.0
     with_t5 = [s for s in layout.spans if any(p >= clip_len for p in s)]
     assert len(with_t5) > 0.6 * len(layout.words)  # CLIP splits "10,000" into 5 words, T5 into 2, ...
@@ -442,14 +443,14 @@ def test_long_prompt_layout_is_linear(comfy):
     t5 = [p - clip_len for p in layout.spans[i] if p >= clip_len]
     assert [streams[2].pieces[toks["t5xxl"][0][p][0]] for p in t5] == ["▁helmet"]
     # the linear walk long prompts take agrees with difflib, which short prompts take
-    a = [w.text.lower() for w in tokens._words(streams[0])][:1500]
-    b = [w.text.lower() for w in tokens._words(streams[2])][:1400]
+    a = [w.text.lower() for w in words_mod._words(streams[0])][:1500]
+    b = [w.text.lower() for w in words_mod._words(streams[2])][:1400]
     import difflib
 
     reference = {}
     for block in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks():
         reference.update({block.b + k: block.a + k for k in range(block.size)})
-    assert tokens._align_walk(a, b) == reference
+    assert layout_mod._align_walk(a, b) == reference
 
 
 @pytest.mark.parametrize("encoders", [(True, True, False), (True, False, False), (True, True, True)],
@@ -470,8 +471,8 @@ def test_sd3_layout_without_t5(comfy, encoders):
 def test_long_t5_prompt_is_not_captured(comfy, monkeypatch):
     """Token x token maps of thousands of T5 tokens would take GBs: that encoder is encoded as usual but not
     captured, the others are, and EnfoqueTextAttentionMaps says why."""
-    hooks = comfy.submodule("nodes.clip_hooks")
-    monkeypatch.setattr(hooks, "TEXT_CAPTURE_BYTES", 4 * 2**20)  # as a 256 MB limit is to ~8000 T5 tokens
+    probe_mod = comfy.submodule("nodes.clip_patch.probe")
+    monkeypatch.setattr(probe_mod, "TEXT_CAPTURE_BYTES", 4 * 2**20)  # as a 256 MB limit is to ~8000 T5 tokens
     clip = tiny_models.clip_flux()
     text = " ".join(["a red cat on a blue chair"] * 60)  # ~540 T5 tokens: 1.1 MB per layer, L: 3 x 24 kB
     stock = comfy.run("CLIPTextEncode", clip=clip, text=text)[0]
@@ -479,7 +480,7 @@ def test_long_t5_prompt_is_not_captured(comfy, monkeypatch):
     cond = comfy.run("CLIPTextEncode", clip=patched, text=text)[0]
     assert torch.equal(cond[0][0], stock[0][0])
     comfy.run("EnfoqueTextAttentionMaps", probe=probe, conditioning=cond, encoder="l")
-    monkeypatch.setattr(hooks, "TEXT_CAPTURE_BYTES", 2**20)  # CLIP-L (70 kB, first) fits, T5 (1.1 MB) not
+    monkeypatch.setattr(probe_mod, "TEXT_CAPTURE_BYTES", 2**20)  # CLIP-L (70 kB, first) fits, T5 (1.1 MB) not
     cond = comfy.run("CLIPTextEncode", clip=patched, text=text)[0]
     assert torch.equal(cond[0][0], stock[0][0])
     with pytest.raises(ValueError, match=r"Enfoque Text Attention Maps: the maps of this prompt were not recorded "
@@ -712,8 +713,8 @@ def test_hires_fix_graph(comfy, tiny_dir, name):
     maps1 = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out1, words="")[0]
     maps2 = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out2, words="")[0]
     h, w = out1["samples"].shape[-2:]
-    grid1 = probe.grid_for(h, w)
-    grid2 = probe.grid_for(*out2["samples"].shape[-2:])
+    grid1 = probe.geometry.grid(out1["samples"].shape)
+    grid2 = probe.geometry.grid(out2["samples"].shape)
     assert grid2 != grid1
     assert tuple(maps1.maps.shape[-2:]) == grid1 and tuple(maps2.maps.shape[-2:]) == grid2
     assert maps1.meta["run"] < maps2.meta["run"]
@@ -750,7 +751,7 @@ def test_unsupported_model_is_refused(comfy, tiny_dir):
     model, *_ = family(comfy, tiny_dir, "sd3")
     odd = model.clone()
     odd.add_object_patch("diffusion_model", torch.nn.Linear(2, 2))
-    families = comfy.submodule("nodes.families")
+    families = comfy.submodule("nodes.model_patch.families")
     with pytest.raises(ValueError) as refused:
         patch(comfy, odd)
     # the display name once, the model, every supported family (each once) and the fix

@@ -9,7 +9,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attention.tokens import Stream, build_layout, split_words  # noqa: E402
+from attention.layout import build_layout  # noqa: E402
+from attention.streams import Stream  # noqa: E402
+from attention.words import split_words  # noqa: E402
 
 SPACE = "Ġ"  # GPT-2's character for byte 0x20
 NEWLINE = "Ċ"  # ... and for 0x0A
@@ -55,7 +57,7 @@ def test_an_image_embedding_in_the_template_is_read_as_its_placeholder():
 
 def test_left_padding_and_a_character_split_across_tokens():
     cafe = "café".encode()  # 'é' is two bytes; byte-level BPE may split them across tokens
-    to_chars = {b: c for c, b in __import__("attention.tokens", fromlist=["BYTE_DECODER"]).BYTE_DECODER.items()}
+    to_chars = {b: c for c, b in __import__("attention.streams", fromlist=["BYTE_DECODER"]).BYTE_DECODER.items()}
     first, second = "".join(to_chars[b] for b in cafe[:4]), to_chars[cafe[4]]
     pieces = ["<pad>", "<pad>", "[INST]", first, second, SPACE + "noir", "[/INST]"]
     s = stream(pieces, templates=("[INST]{}[/INST]",), pad=0)

@@ -348,8 +348,10 @@ def test_select_words_and_phrases():
 def test_select_unknown_word_lists_labels():
     with pytest.raises(ValueError, match=r"'dog'.*Available: 'a', 'Cat', 'with'"):
         maps.select(_labelled(), "cat, dog")
-    with pytest.raises(ValueError, match="'blue'.*'blue fur'"):
+    with pytest.raises(ValueError, match="'blue fur' is not among"):  # a phrase selects its words together
         maps.select(_labelled(), "blue fur")
+    with pytest.raises(ValueError, match="'fur red' is not among"):  # ... where they stand together, in order
+        maps.select(_labelled(), "fur red")
     positional = AttentionMaps(torch.rand(1, 2, 2, 2), ["#1", "#2"])
     with pytest.raises(ValueError, match="EnfoquePatchCLIP"):
         maps.select(positional, "cat")

@@ -336,7 +336,7 @@ def _stock_sdpa(monkeypatch):
 
 def _spy_routes(comfy, monkeypatch) -> list[bool]:
     """Whether each `attend` call took the fused route (no compute_out)."""
-    hooks = comfy.submodule("nodes.model_hooks")
+    hooks = comfy.submodule("nodes.model_patch.override")
     seen: list[bool] = []
     real_attend = hooks.attend
 
@@ -350,9 +350,9 @@ def _spy_routes(comfy, monkeypatch) -> list[bool]:
 
 def _with_attn2_replace(comfy, model, replace):
     """A clone with another pack's attn2 replace on every UNet cross-attention."""
-    hooks = comfy.submodule("nodes.model_hooks")
+    families = comfy.submodule("nodes.model_patch.families")
     m = model.clone()
-    for name, number, t in hooks.unet_attn2_sites(m.get_model_object("diffusion_model")):
+    for name, number, t in families.unet_attn2_sites(m.get_model_object("diffusion_model")):
         m.set_model_attn2_replace(replace, name, number, t)
     return m
 

@@ -1,7 +1,7 @@
-"""The model probe's pieces, each on its own: reading ComfyUI's attention call by name
-(`nodes/probe_call.py`), the plan of an attention call (`probe_plan.py`), routes and
-fitted layouts (`probe_routes.py`), the run log (`probe_run.py`), the results store
-(`probe_store.py`), and the override's refusal to swallow what it cannot read.
+"""The model patch's pieces, each on its own: reading ComfyUI's attention call by name
+(`nodes/model_patch/call.py`), the plan of an attention call (`plan.py`), routes and fitted
+layouts (`conditionings.py`), the run log (`attention/oncelog.py`), the results store
+(`store.py`), and the override's refusal to swallow what it cannot read.
 
 They are loaded as ComfyUI loads the pack (the ``comfy`` fixture), but need no model.
 """
@@ -19,14 +19,15 @@ pytestmark = pytest.mark.host
 @pytest.fixture
 def pieces(comfy):
     class P:
-        call = comfy.submodule("nodes.probe_call")
-        plan = comfy.submodule("nodes.probe_plan")
-        routes = comfy.submodule("nodes.probe_routes")
-        run = comfy.submodule("nodes.probe_run")
-        store = comfy.submodule("nodes.probe_store")
-        types = comfy.submodule("nodes.probe_types")
-        tokens = comfy.submodule("attention.tokens")
-        hooks = comfy.submodule("nodes.model_hooks")
+        call = comfy.submodule("nodes.model_patch.call")
+        plan = comfy.submodule("nodes.model_patch.plan")
+        routes = comfy.submodule("nodes.model_patch.conditionings")
+        run = comfy.submodule("nodes.model_patch.record")
+        store = comfy.submodule("nodes.model_patch.store")
+        types = comfy.submodule("nodes.model_patch.state")
+        tokens = comfy.submodule("attention.layout")
+        probe = comfy.submodule("nodes.model_patch.probe")
+        override = comfy.submodule("nodes.model_patch.override")
 
     return P
 
@@ -64,12 +65,16 @@ def test_read_call_by_name(pieces):
 
 
 def test_unreadable_call_runs_as_it_is_and_is_logged_once(pieces, caplog):
-    types, hooks = pieces.types, pieces.hooks
-    probe = hooks.ModelProbe("unet", 1, 1, types.ProbeConfig())
+    types = pieces.types
+    probe = pieces.probe.ModelProbe("unet", 1, types.Geometry((1, 1, 1)), types.ProbeConfig())
     sampling = type("S", (), {"percent_to_sigma": staticmethod(lambda p: 1.0 - p)})()
     probe.begin_run({}, sampling, (1, 4, 8, 8), 1)
-    override = hooks.AttentionOverride(probe, None)
-    to = {probe.site_key: types.Site(0, 77, None), probe.key: types.CallState(True, 0, (8, 8))}
+    override = pieces.override.AttentionOverride(probe.patch, None)
+
+    def options():
+        return {probe.keys.site: types.Site(0, 77, None), probe.keys.call: types.CallState(probe.run, True, 0, (8, 8))}
+
+    to = options()
     seen = []
 
     def backend(*args, **kwargs):
@@ -86,7 +91,7 @@ def test_unreadable_call_runs_as_it_is_and_is_logged_once(pieces, caplog):
     probe.end_run(True)
     probe.begin_run({}, sampling, (1, 4, 8, 8), 1)  # a new run says it again
     with caplog.at_level(logging.WARNING):
-        override(backend, torch.zeros(1, 4, 8), transformer_options=to)
+        override(backend, torch.zeros(1, 4, 8), transformer_options=options())
     assert sum("cannot read the attention call" in r.getMessage() for r in caplog.records) == 2
 
 
@@ -104,7 +109,7 @@ def test_plan_repeats_columns_and_weights_per_copy(pieces):
     routes = {"a": route(pieces, "positive", 0, a), "b": route(pieces, "negative", 0, b)}
     cfg = types.ProbeConfig(capture_negative=True)
     plan = pieces.plan.build_plan(types.Site(0, 10, None), ["a", "b"], routes, {}, cfg, (4, 4), 16, 10, 4,
-                                  torch.device("cpu"), pieces.run.RunLog())
+                                  torch.device("cpu"), pieces.run.run_log())
     assert plan.keys == [("positive", 0), ("negative", 0)] and plan.copies == [2, 1]
     assert plan.captures[0].columns.tolist() == [2, 3, 7, 8] and plan.captures[0].rows == slice(0, 2)
     assert plan.captures[1].columns.tolist() == list(range(10)) and plan.captures[1].rows == slice(2, 4)
@@ -117,7 +122,7 @@ def test_plan_skips_a_prompt_whose_length_does_not_fit_and_says_so(pieces, caplo
     tokens, types = pieces.tokens, pieces.types
     a = tokens.TokenLayout(("cat",), ((3,),), 77, weights={3: 2.0})
     routes = {"a": route(pieces, "positive", 0, a)}
-    log = pieces.run.RunLog()
+    log = pieces.run.run_log()
     with caplog.at_level(logging.WARNING):
         for _ in range(2):
             plan = pieces.plan.build_plan(types.Site(4, 81, None), ["a"], routes, {}, types.ProbeConfig(), (4, 4),
@@ -133,14 +138,14 @@ def test_plan_of_a_dit_call_with_too_few_queries_says_so(pieces, caplog):
     routes = {"a": route(pieces, "positive", 0, tokens.TokenLayout.positional(8))}
     with caplog.at_level(logging.WARNING):
         plan = pieces.plan.build_plan(types.Site(1, 8, 20), ["a"], routes, {}, types.ProbeConfig(reweight="off"),
-                                      (4, 4), 20, 20, 1, torch.device("cpu"), pieces.run.RunLog())
+                                      (4, 4), 20, 20, 1, torch.device("cpu"), pieces.run.run_log())
     assert plan is None
     assert any("block 1 has 20 queries, fewer than its 8 text and 16 image tokens" in r.getMessage()
                for r in caplog.records)
 
 
 def test_region_of_an_area(pieces, caplog):
-    region_for, log = pieces.plan.region_for, pieces.run.RunLog()
+    region_for, log = pieces.plan.region_for, pieces.run.run_log()
     Region = pieces.types.Region
     assert region_for((12, 16, 0, 0), (12, 16), 1, (12, 16), "c", log) is None
     assert region_for((12, 8, 0, 8), (12, 16), 1, (12, 16), "c", log) == Region(0, 8, 12, 8)
@@ -168,7 +173,7 @@ def test_fitted_layouts(pieces, caplog):
                           {"cross_attn": torch.zeros(1, 3, 2), "uuid": "s"}],
              "negative": [{"uuid": "n"}]}
     with caplog.at_level(logging.INFO):
-        routes = pieces.routes.build_routes(conds, pieces.types.ProbeConfig(), pieces.run.RunLog())
+        routes = pieces.routes.build_routes(conds, pieces.types.ProbeConfig(), pieces.run.run_log())
     assert routes["u"].length == 6 and routes["u"].columns == [1, 2, 4, 5]
     assert routes["s"].layout.words == ("#0", "#1", "#2") and "n" not in routes
     text = " | ".join(r.getMessage() for r in caplog.records)
@@ -194,7 +199,7 @@ def test_results_store_keeps_one_run_per_shape(pieces):
 
 
 def test_run_log_says_each_reason_once(pieces, caplog):
-    log = pieces.run.RunLog()
+    log = pieces.run.run_log()
     with caplog.at_level(logging.INFO):
         for _ in range(3):
             log.once("a", "first %d", 1)

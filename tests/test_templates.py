@@ -44,12 +44,12 @@ FIXED_NAMES = {"shapes_attention_maps"}  # issue #11 fixes this file name (examp
 
 
 def display_names() -> dict[str, str]:
-    """Node id -> display name, as nodes/types.py states them (read without importing ComfyUI)."""
-    tree = ast.parse((REPO_ROOT / "nodes" / "types.py").read_text(encoding="utf-8"))
+    """Node id -> display name, as nodes/names.py states them (read without importing ComfyUI)."""
+    tree = ast.parse((REPO_ROOT / "nodes" / "names.py").read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "DISPLAY_NAMES":
             return ast.literal_eval(node.value)
-    raise AssertionError("nodes/types.py has no DISPLAY_NAMES")
+    raise AssertionError("nodes/names.py has no DISPLAY_NAMES")
 
 
 def ui_workflows() -> list[Path]:

@@ -12,7 +12,7 @@ import torch
 
 def with_layout(comfy, cond, weights: dict[int, float]):
     """The conditioning with a positional layout carrying weights (what Enfoque Patch CLIP's encode writes)."""
-    tokens = comfy.submodule("attention.tokens")
+    tokens = comfy.submodule("attention.layout")
     out = []
     for t, d in cond:
         d = dict(d)

@@ -29,7 +29,7 @@ def _families():
         pkg = types.ModuleType(PACKAGE)
         pkg.__path__ = [str(ROOT)]
         sys.modules[PACKAGE] = pkg
-    return importlib.import_module(f"{PACKAGE}.nodes.families")
+    return importlib.import_module(f"{PACKAGE}.nodes.model_patch.families")
 
 
 def _cases():

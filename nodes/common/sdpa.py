@@ -1,7 +1,8 @@
-"""How ComfyUI's SDPA backend (``attention_pytorch``) calls ``F.scaled_dot_product_attention``, so that
-the fused route (the engine calling the kernel SDPA picks, `attention.sdpa`) calls it the same way and
-gives ComfyUI's output bit for bit.
+"""ComfyUI's SDPA backend (``attention_pytorch``), as the engine's fused route must call it to give
+ComfyUI's output bit for bit (`attention.sdpa` calls the kernel SDPA picks).
 
+- Which backend: `is_stock_sdpa` tells ComfyUI's own SDPA function (the default on GPUs) from every
+  other backend or another pack's override; only there may the engine make the call itself.
 - Kernel priority: where ``comfy.ops`` defines ``SDPA_BACKEND_PRIORITY`` (ComfyUI 0.8.0: CUDA on
   Windows; 0.3.64: any CUDA; both only with a torch whose ``sdpa_kernel`` takes ``set_priority``),
   ``comfy.ops.scaled_dot_product_attention`` runs SDPA inside ``sdpa_kernel(SDPA_BACKEND_PRIORITY,
@@ -11,7 +12,7 @@ gives ComfyUI's output bit for bit.
   on NVIDIA) and in slices of that size above it; `one_sdpa_call` says whether the engine's single
   call is the one ComfyUI makes. Above it the output comes from ComfyUI's own call.
 
-Both are read from ComfyUI's modules at call time, as ComfyUI itself reads them.
+All are read from ComfyUI's modules at call time, as ComfyUI itself reads them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ import contextlib
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.ops
+
+
+def is_stock_sdpa(func) -> bool:
+    """Whether an attention function is ComfyUI's SDPA backend (as ``wrap_attn`` hands it to an override,
+    or as a text encoder is given it)."""
+    stock = comfy_attention.attention_pytorch
+    return func is stock or func is getattr(stock, "__wrapped__", stock)
 
 
 def one_sdpa_call(batch: int) -> bool:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from ..attention.tokens import brief, shown_words
-from .probe_types import ProbeConfig, Route
-
-NODE = "Enfoque Patch Model"  # the display name: errors name the node as the canvas shows it
+from ...attention.formats import brief
+from ...attention.selection import parse_items
+from ..common.errors import not_a_word
+from ..names import PATCH_CLIP
+from ..names import PATCH_MODEL as NODE
+from .state import ProbeConfig, Route
 
 
 def check_weights(config: ProbeConfig, routes: Iterable[Route]) -> None:
@@ -22,7 +24,7 @@ def check_weights(config: ProbeConfig, routes: Iterable[Route]) -> None:
         for pos, w in r.layout.weights.items():
             if math.isfinite(w) and (w >= 0 or mode != "bias"):
                 continue
-            word = next((wd for wd, sp in zip(r.layout.words, r.layout.spans, strict=True) if pos in sp), f"#{pos}")
+            word = r.layout.word_at(pos)
             if not math.isfinite(w):
                 raise ValueError(
                     f"{NODE}: the {r.role} prompt gives {brief(word)!r} the weight {w}; weights must "
@@ -45,14 +47,17 @@ def check_capture_words(config: ProbeConfig, routes: Iterable[Route]) -> None:
     if not all(lay.labelled for lay in positive):
         raise ValueError(
             f"{NODE}: capture_words {brief(', '.join(missing))!r}: the prompt was encoded by a stock CLIP, so "
-            "it has no words (only positions #0, #1, ...); put Enfoque Patch CLIP before the text encode, or leave "
+            f"it has no words (only positions #0, #1, ...); put {PATCH_CLIP} before the text encode, or leave "
             "capture_words empty"
         )
-    shown = shown_words(dict.fromkeys(w for lay in positive for w in lay.words))
-    raise ValueError(
-        f"{NODE}: capture_words {brief(', '.join(missing))!r} are not words of the positive prompt "
-        f"({shown}); fix capture_words or leave it empty to capture every word"
-    )
+    words = [w for lay in positive for w in lay.words]
+    raise not_a_word(NODE, missing[0], "capture_words", "a word of the positive prompt", words, "its words",
+                     "Fix capture_words, or leave it empty to capture every word.")
+
+
+def capture_words(text: str) -> tuple[str, ...]:
+    """The items of a capture_words text (`selection`'s rule), as written."""
+    return tuple(item.text for item in parse_items(text))
 
 
 def capture_bytes(config: ProbeConfig, routes: Iterable[Route], images: int, grid: tuple[int, int], steps: int,
@@ -71,9 +76,9 @@ def check_budget(config: ProbeConfig, routes: Iterable[Route], images: int, grid
     if not config.capture:
         return
     tokens, need = capture_bytes(config, routes, images, grid, steps, blocks, concepts)
-    if need > config.budget_mb * 2**20:
+    if need > config.budget_bytes:
         raise ValueError(
-            f"{NODE}: capturing {tokens} tokens{' and concepts' if concepts else ''} for {images} image(s) on a {grid[0]}x{grid[1]} grid "
-            f"needs {need / 2**20:.0f} MB, over the budget of {config.budget_mb:.0f} MB; raise budget_mb, "
-            "capture fewer words (capture_words) or use a smaller batch"
+            f"{NODE}: capturing {tokens} tokens{' and concepts' if concepts else ''} for {images} image(s) on a "
+            f"{grid[0]}x{grid[1]} grid needs {need / 2**20:.0f} MB, over the budget of {config.budget_mb:.0f} MB; "
+            "raise budget_mb, capture fewer words (capture_words) or use a smaller batch"
         )

@@ -57,10 +57,6 @@ class AttentionCall:
     def skip_output_reshape(self) -> bool:
         return bool(self.values.get("skip_output_reshape", False))
 
-    @property
-    def transformer_options(self) -> dict:
-        return self.kwargs.get("transformer_options") or {}
-
     def rebuilt(self, q, k, v, mask, transformer_options: dict | None = None) -> tuple[tuple, dict]:
         """(args, kwargs) of the same call with these q/k/v/mask, every other argument as it came."""
         args = list(self.args)

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from ..attention.engine import Capture, Reweight
-from .probe_run import RunLog
-from .probe_types import ProbeConfig, Region, Route, Site
+from ...attention.engine import Capture, Reweight
+from ...attention.oncelog import OnceLog
+from .state import ProbeConfig, Region, Route, Site
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Plan:
 
 
 def region_for(area, latent_hw: tuple[int, int], patch: int, grid: tuple[int, int], name: str,
-               log: RunLog) -> Region | None:
+               log: OnceLog) -> Region | None:
     """Where an area conditioning's queries land on the map grid. ``area`` is ComfyUI's resolved
     ``(h, w, y, x)`` in latent pixels (ConditioningSetArea), clamped as ComfyUI crops the latent."""
     h, w, y, x = (int(a) for a in area)
@@ -53,12 +53,12 @@ def region_for(area, latent_hw: tuple[int, int], patch: int, grid: tuple[int, in
 
 def build_plan(site: Site, uuids: list, routes: dict[Any, Route], regions: dict[Any, Region | None],
                config: ProbeConfig, call_grid: tuple[int, int], q_len: int, k_len: int, batch: int,
-               device: torch.device, log: RunLog, placement: Callable[[int], tuple[int, int]] | None = None,
+               device: torch.device, log: OnceLog, placement: Callable[[int], tuple[int, int]] | None = None,
                frames: int = 1) -> Plan | None:
     """Captures (rows x columns), reweighting and query range of one attention call shape, or None.
 
     ``placement(length)`` gives the (length, offset) a conditioning of ``length`` tokens has in the
-    text the model attends to (Flux 2 left-pads shorter ones); the text starts at key ``site.txt_start``."""
+    text the model attends to (Flux 2 left-pads shorter ones); the text starts at the first key."""
     if not uuids or batch % len(uuids):
         log.once(("rows", batch, len(uuids)), "an attention call of %d rows for %d conditionings cannot be split "
                  "into prompts; it is neither captured nor reweighted", batch, len(uuids))
@@ -80,7 +80,7 @@ def build_plan(site: Site, uuids: list, routes: dict[Any, Route], regions: dict[
                      site.txt_len)
             continue
         reps = site.txt_len // length
-        start = site.txt_start + offset
+        start = offset
         sl = slice(i * rows, (i + 1) * rows)
         region = regions.get(u)
         if region is not None and frames > 1:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .probe_types import Route
+from .state import Route
 
 MAX_RESULTS = 4  # finished runs kept per probe, one per latent shape (e.g. both passes of a hires fix)
 

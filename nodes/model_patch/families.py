@@ -2,7 +2,7 @@
 tells the attention override where it is, and where the prompt's text sits in its attention calls.
 
 One `Family` per entry of `FAMILIES`. What differs between families lives here, so the probe's
-lifecycle (`model_hooks`) and the plan of an attention call (`probe_plan`) stay the same for all:
+lifecycle (`probe`) and the plan of an attention call (`plan`) stay the same for all:
 
 - `detect`: the family of a loaded MODEL (by ComfyUI's model class), or a ValueError that says why
   it is refused (unknown, or known but not supported, with the reason);
@@ -15,7 +15,9 @@ lifecycle (`model_hooks`) and the plan of an attention call (`probe_plan`) stay 
 - `dit_site` / `option_site`: the `Site` of an attention call (block, text length, where the text
   and the image queries sit among its keys and queries);
 - `placement`: where a conditioning of its own length lands in the text the model attends to
-  (Flux 2 left-pads shorter contexts to 512 tokens).
+  (Flux 2 left-pads shorter contexts to 512 tokens);
+- `Text` / `TEXTS`: how each family's prompts are encoded (tokenizer, the encoders in its context,
+  the CLIP loader types and encode nodes that name it), for ``/enfoque/tokenize`` and the frontend.
 
 docs/families.md has one table per family with the text's place in its attention.
 """
@@ -27,9 +29,25 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .probe_types import CallState, Site
+from ..names import PATCH_MODEL as NODE
+from .state import CallState, Site
 
-NODE = "Enfoque Patch Model"
+
+@dataclass(frozen=True)
+class Text:
+    """How prompts of a family are encoded, for ``/enfoque/tokenize`` and the frontend's word chips.
+
+    ``tokenizer``: ComfyUI's tokenizer class (module, name), None where the tokenizer comes inside the
+    text-encoder file (the words are then the prompt's words, `attention.words.text_words`);
+    ``encoders``: the token keys whose tokens reach the diffusion model's context; ``clip_types``: the
+    ``type`` of ComfyUI's CLIP loaders that loads such an encoder; ``nodes``: ComfyUI's nodes (text
+    encodes, loaders) that only this family uses."""
+
+    key: str
+    tokenizer: tuple[str, str] | None
+    encoders: tuple[str, ...]
+    clip_types: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,41 +56,46 @@ class Family:
     label: str  # what users call it
     hook: str  # "dit" | "block_index" | "attn2"
     attention: str  # "joint": text and image keys in one attention; "cross": image queries, text keys
-    text: str  # where the text sits (docs, README)
+    texts: tuple[Text, ...]  # how its prompts are encoded (SD1.5 and SDXL share the UNet family)
     doubles: str = ""  # the diffusion model's attribute with its double / joint blocks
     singles: str = ""  # ... and with its single-stream blocks
-    image_first: bool = False  # joint sequence [image, text] (HunyuanImage) instead of [text, image]
     pad_context_to: int = 0  # the model left-pads a shorter context to this many tokens (Flux 2)
-    self_attention_first: bool = False  # each block's first attention call is its self-attention (Wan)
 
 
 FAMILIES: dict[str, Family] = {f.key: f for f in (
     Family("sd3", "SD3 / SD3.5 (MMDiT)", "dit", "joint",
-           "joint blocks: keys [text, image]; text = 77 CLIP-L|G positions, then T5", doubles="joint_blocks"),
+           (Text("sd3", ("comfy.text_encoders.sd3_clip", "SD3Tokenizer"), ("l", "g", "t5xxl"), ("sd3",),
+                 ("CLIPTextEncodeSD3", "TripleCLIPLoader")),),
+           doubles="joint_blocks"),
     Family("flux", "Flux.1", "dit", "joint",
-           "double blocks: keys [text, image]; single blocks: one sequence [text, image]; text = T5",
+           (Text("flux", ("comfy.text_encoders.flux", "FluxTokenizer"), ("l", "t5xxl"), ("flux",),
+                 ("CLIPTextEncodeFlux",)),),
            doubles="double_blocks", singles="single_blocks"),
-    Family("flux2", "Flux 2", "dit", "joint",
-           "double and single blocks as Flux.1; text = Mistral 3 (system prompt kept), left-padded by ComfyUI "
-           "to 512 tokens", doubles="double_blocks", singles="single_blocks", pad_context_to=512),
+    Family("flux2", "Flux 2", "dit", "joint", (Text("flux2", None, ("mistral3_24b",), ("flux2",)),),
+           doubles="double_blocks", singles="single_blocks", pad_context_to=512),
     Family("chroma", "Chroma", "dit", "joint",
-           "double and single blocks as Flux.1; text = T5, unpadded", doubles="double_blocks",
-           singles="single_blocks"),
+           (Text("chroma", ("comfy.text_encoders.pixart_t5", "PixArtTokenizer"), ("t5xxl",), ("chroma",)),),
+           doubles="double_blocks", singles="single_blocks"),
     Family("qwen_image", "Qwen-Image", "dit", "joint",
-           "joint blocks: keys [text, image]; text = Qwen2.5-VL from the user turn on (ComfyUI drops the "
-           "system prompt), template end kept", doubles="transformer_blocks"),
+           (Text("qwen_image", ("comfy.text_encoders.qwen_image", "QwenImageTokenizer"), ("qwen25_7b",),
+                 ("qwen_image",), ("TextEncodeQwenImageEdit", "TextEncodeQwenImageEditPlus")),),
+           doubles="transformer_blocks"),
+    # Z-Image's Qwen3 and Lumina 2's Gemma 2 both load with CLIPLoader type lumina2; their words are the
+    # prompt's words either way
     Family("z_image", "Z-Image", "block_index", "joint",
-           "main layers: one sequence [text padded to 32, image padded to 32]; text = Qwen3 with its chat "
-           "template; refiner layers (text alone, image alone) not captured", doubles="layers"),
+           (Text("z_image", ("comfy.text_encoders.z_image", "ZImageTokenizer"), ("qwen3_4b",)),),
+           doubles="layers"),
     Family("lumina2", "Lumina 2", "block_index", "joint",
-           "main layers: one sequence [text, image]; text = Gemma 2 (system prompt of the Lumina 2 encode "
-           "kept); refiner layers not captured", doubles="layers"),
-    Family("wan", "Wan 2.1 / 2.2", "dit", "cross",
-           "each block: self-attention over the video tokens, then cross-attention with keys = umT5 text "
-           "(512 tokens); one map per latent frame", doubles="blocks", self_attention_first=True),
+           (Text("lumina2", None, ("gemma2_2b",), ("lumina2",), ("CLIPTextEncodeLumina2",)),), doubles="layers"),
+    Family("wan", "Wan 2.1 / 2.2", "dit", "cross", (Text("wan", None, ("umt5xxl",), ("wan",)),), doubles="blocks"),
     Family("unet", "SD1.5 / SDXL (UNet)", "attn2", "cross",
-           "attn2 cross-attention at every level: keys = 77 CLIP positions per chunk"),
+           (Text("sd15", ("comfy.sd1_clip", "SD1Tokenizer"), ("l",), ("stable_diffusion",)),
+            Text("sdxl", ("comfy.sdxl_clip", "SDXLTokenizer"), ("l", "g"), ("sdxl",),
+                 ("CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner")))),
 )}
+
+# every way prompts are encoded, by key (what /enfoque/tokenize's "family" names)
+TEXTS: dict[str, Text] = {t.key: t for f in FAMILIES.values() for t in f.texts}
 
 # the families a user sees listed, in the order of the README's support table
 LISTED = ("flux2", "qwen_image", "z_image", "chroma", "wan", "lumina2", "sd3", "flux", "unet")
@@ -98,51 +121,51 @@ def _names(obj) -> set[str]:
 
 def detect(model) -> tuple[Family, Any]:
     """The family of a ComfyUI MODEL and its diffusion network; a ValueError for any other model."""
-    dm = model.get_model_object("diffusion_model")
-    net = _names(dm)
+    network = model.get_model_object("diffusion_model")
+    classes = _names(network)
     base = _names(getattr(model, "model", None))
     for name, why in REFUSED.items():
         if name in base:
             raise ValueError(f"{NODE}: {name} is not supported: {why}. Supported families: {supported()}. "
                              "Connect a model of one of them.")
-    if "MMDiT" in net and type(dm).__module__.endswith("diffusionmodules.mmdit"):  # AuraFlow's is another MMDiT
-        return FAMILIES["sd3"], dm
-    if "Chroma" in base and hasattr(dm, "double_blocks"):
-        return FAMILIES["chroma"], dm
-    if "Flux" in net and hasattr(dm, "double_blocks"):
-        flux2 = "Flux2" in base or bool(getattr(getattr(dm, "params", None), "global_modulation", False))
-        return FAMILIES["flux2" if flux2 else "flux"], dm
-    if "QwenImageTransformer2DModel" in net:
-        return FAMILIES["qwen_image"], dm
-    if "NextDiT" in net:
-        return FAMILIES["z_image" if getattr(dm, "pad_tokens_multiple", None) else "lumina2"], dm
-    if type(dm).__name__ == "WanModel":  # text-to-video and image-to-video; not VACE, camera, S2V, ...
-        return FAMILIES["wan"], dm
-    if "UNetModel" in net:
-        return FAMILIES["unet"], dm
-    raise ValueError(f"{NODE}: the model {type(dm).__name__} is not supported yet; supported families: "
+    if "MMDiT" in classes and type(network).__module__.endswith("diffusionmodules.mmdit"):  # AuraFlow's is another MMDiT
+        return FAMILIES["sd3"], network
+    if "Chroma" in base and hasattr(network, "double_blocks"):
+        return FAMILIES["chroma"], network
+    if "Flux" in classes and hasattr(network, "double_blocks"):
+        flux2 = "Flux2" in base or bool(getattr(getattr(network, "params", None), "global_modulation", False))
+        return FAMILIES["flux2" if flux2 else "flux"], network
+    if "QwenImageTransformer2DModel" in classes:
+        return FAMILIES["qwen_image"], network
+    if "NextDiT" in classes:
+        return FAMILIES["z_image" if getattr(network, "pad_tokens_multiple", None) else "lumina2"], network
+    if type(network).__name__ == "WanModel":  # text-to-video and image-to-video; not VACE, camera, S2V, ...
+        return FAMILIES["wan"], network
+    if "UNetModel" in classes:
+        return FAMILIES["unet"], network
+    raise ValueError(f"{NODE}: the model {type(network).__name__} is not supported yet; supported families: "
                      f"{supported()}. Connect a model of one of them.")
 
 
-def patch_size(family: Family, dm) -> tuple[int, int, int]:
+def patch_size(family: Family, network) -> tuple[int, int, int]:
     """(frames, height, width) of one image token, in latent cells."""
     if family.hook == "attn2":
         return (1, 1, 1)
-    ps = getattr(dm, "patch_size", 2) or 2
+    ps = getattr(network, "patch_size", 2) or 2
     if isinstance(ps, int):
         return (1, ps, ps)
     ps = tuple(int(p) for p in ps)
     return (1, *ps) if len(ps) == 2 else ps[-3:]
 
 
-def _blocks(dm, attr: str) -> list:
-    return list(getattr(dm, attr, None) or []) if attr else []
+def _blocks(network, attr: str) -> list:
+    return list(getattr(network, attr, None) or []) if attr else []
 
 
-def unet_attn2_sites(dm) -> list[tuple[str, int, int]]:
+def unet_attn2_sites(network) -> list[tuple[str, int, int]]:
     """(block_name, number, transformer_index) of every cross-attention, in forward order."""
     sites = []
-    for name, blocks in (("input", dm.input_blocks), ("middle", [dm.middle_block]), ("output", dm.output_blocks)):
+    for name, blocks in (("input", network.input_blocks), ("middle", [network.middle_block]), ("output", network.output_blocks)):
         for number, block in enumerate(blocks):
             for mod in block:
                 tbs = getattr(mod, "transformer_blocks", None)
@@ -154,22 +177,22 @@ def unet_attn2_sites(dm) -> list[tuple[str, int, int]]:
     return sites
 
 
-def block_count(family: Family, dm) -> int:
+def block_count(family: Family, network) -> int:
     if family.hook == "attn2":
-        return len(unet_attn2_sites(dm))
-    return len(_blocks(dm, family.doubles)) + len(_blocks(dm, family.singles))
+        return len(unet_attn2_sites(network))
+    return len(_blocks(network, family.doubles)) + len(_blocks(network, family.singles))
 
 
-def install_blocks(family: Family, m, dm, make_replace) -> None:
+def install_blocks(family: Family, m, network, make_replace) -> None:
     """Set a ``dit`` block replace on every block of a ``dit`` family: ``make_replace(index, single,
     previous)`` gives it, chained to the replace another pack set there before."""
     if family.hook != "dit":
         return
     dit = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
-    doubles = len(_blocks(dm, family.doubles))
+    doubles = len(_blocks(network, family.doubles))
     for i in range(doubles):
         m.set_model_patch_replace(make_replace(i, False, dit.get(("double_block", i))), "dit", "double_block", i)
-    for i in range(len(_blocks(dm, family.singles))):
+    for i in range(len(_blocks(network, family.singles))):
         m.set_model_patch_replace(make_replace(doubles + i, True, dit.get(("single_block", i))), "dit",
                                   "single_block", i)
 
@@ -198,7 +221,7 @@ def dit_site(family: Family, index: int, single: bool, args: dict, state: CallSt
     return Site(index, state.txt_len, int(args["img"].shape[1]))
 
 
-def option_site(family: Family, to: dict, state: CallState, pad_multiple: int | None, k_len: int,
+def option_site(family: Family, options: dict, state: CallState, pad_multiple: int | None, k_len: int,
                 log=None) -> Site | None:
     """The site of a main-layer attention call of a ``block_index`` family (NextDiT), or None for its other
     calls. The main layers attend over one sequence [text padded to the pad multiple, image tokens padded
@@ -215,8 +238,8 @@ def option_site(family: Family, to: dict, state: CallState, pad_multiple: int | 
     seq = cap + math.ceil(cells / m) * m
     if k_len != seq:
         return None
-    if to.get("block_type") == "double" and "block_index" in to:
-        block = int(to["block_index"])
+    if options.get("block_type") == "double" and "block_index" in options:
+        block = int(options["block_index"])
     else:
         block = state.joint_calls
         state.joint_calls += 1

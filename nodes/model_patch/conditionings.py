@@ -15,24 +15,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..attention.tokens import LAYOUT_KEY, TokenLayout
-from .probe_run import RunLog
-from .probe_types import ProbeConfig, Route
+from ...attention.layout import LAYOUT_KEY, TokenLayout
+from ...attention.oncelog import OnceLog
+from .state import ProbeConfig, Route
 
 
 def capture_columns(layout: TokenLayout, capture_words: tuple[str, ...]) -> list[int]:
-    """Context positions to capture: those of ``capture_words`` (all words when empty)."""
+    """Context positions to capture: those of the words ``capture_words`` selects (all words when empty,
+    or when it selects none of this prompt's words)."""
     if not capture_words:
         return layout.positions()
-    picked: dict[int, None] = {}
-    for w in capture_words:
-        for i in layout.find(w):
-            for p in layout.spans[i]:
-                picked.setdefault(p, None)
-    return list(picked) or layout.positions()
+    return layout.positions_of(layout.find(", ".join(capture_words))) or layout.positions()
 
 
-def fitted_layout(layout: TokenLayout | None, length: int, name: str, log: RunLog) -> TokenLayout:
+def fitted_layout(layout: TokenLayout | None, length: int, name: str, log: OnceLog) -> TokenLayout:
     """The layout of a conditioning of ``length`` context positions (see the module's doc)."""
     if layout is None:
         return TokenLayout.positional(length)
@@ -56,7 +52,7 @@ def fitted_layout(layout: TokenLayout | None, length: int, name: str, log: RunLo
     return layout.fitted(length)
 
 
-def build_routes(conds: dict[str, list[dict]], config: ProbeConfig, log: RunLog) -> dict[Any, Route]:
+def build_routes(conds: dict[str, list[dict]], config: ProbeConfig, log: OnceLog) -> dict[Any, Route]:
     routes: dict[Any, Route] = {}
     for role in ("positive", "negative"):
         for i, c in enumerate(conds.get(role) or []):

@@ -1,0 +1,180 @@
+"""Enfoque Heatmaps and Enfoque Maps To Mask: pictures and masks made from maps."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from comfy_api.latest import io, ui
+
+from ..attention.colormaps import COLORMAPS
+from ..attention.frames import FramedMaps
+from ..attention.maps import AttentionMaps, select, to_mask
+from ..attention.render import heatmap_panels, titled
+from .common.errors import check_option, in_node
+from .common.previews import chips
+from .names import ATTENTION_MAPS, HEATMAPS, MAPS_TO_MASK, PATCH_MODEL
+from .sockets import MAPS_FROM, Maps, check_maps, schema
+
+HEATMAP_NORMALISATIONS = ["minmax", "text", "softmax", "none"]
+OVER = ["mean", "steps", "blocks", "frames"]
+MAX_FRAMES_BYTES = 2 * 2**30  # the IMAGE batch of every frame together (float32)
+MAX_SIZE = 16384
+SIZE_TIP = ("0 = the image size recorded in the maps (else the map size). With only one of width/height "
+            "set, the other keeps the maps' aspect ratio.")
+
+
+class EnfoqueHeatmaps(io.ComfyNode):
+    """Captioned heatmap panels, one per word, alone or blended over the image."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema("EnfoqueHeatmaps", inputs=[
+                Maps.Input("maps", tooltip=MAPS_FROM),
+                io.Image.Input("image", optional=True,
+                               tooltip="The decoded image to draw the heatmaps over; without it they are shown alone."),
+                io.Combo.Input("colormap", options=list(COLORMAPS), default="viridis",
+                               tooltip="Colour scale from low to high attention."),
+                io.Float.Input("opacity", default=0.6, min=0.0, max=1.0, step=0.05,
+                               tooltip="Heatmap opacity over the image: 0 = image only, 1 = heatmap only."),
+                io.Combo.Input("normalisation", options=HEATMAP_NORMALISATIONS, default="minmax",
+                               tooltip="minmax: each word on its own 0..1 scale (where it attends); text: share of "
+                               "the shown words at each pixel; softmax: contest between words; none: raw values."),
+                io.Int.Input("columns", default=0, min=0, max=64, tooltip="Panels per row; 0 = automatic (about square)."),
+                io.Combo.Input("over", options=OVER, default="mean", optional=True,
+                               tooltip="mean: one picture of the maps as given. steps: one picture per sampling step "
+                               f"(needs keep_steps on {PATCH_MODEL}); blocks: one per block (needs keep_blocks); "
+                               "frames: one per latent frame of a video model (Wan). Each picture is captioned with "
+                               "the step and its sigma, the block or the frame; images of a batch sit side by side."),
+            ],
+            outputs=[io.Image.Output(display_name="image")],
+            is_output_node=True,  # shows its picture (and the word chips) with nothing attached
+        )
+
+    @classmethod
+    def execute(
+        cls, maps, colormap, opacity, normalisation, columns, image=None, over="mean"
+    ) -> io.NodeOutput:
+        node = HEATMAPS
+        maps = check_maps(maps, node)
+        check_option(node, "colormap", colormap, COLORMAPS)
+        check_option(node, "normalisation", normalisation, HEATMAP_NORMALISATIONS)
+        check_option(node, "over", over, OVER)
+        if len(maps.words) == 0:
+            raise ValueError(
+                f"{node}: the maps hold no words (an empty prompt or an empty selection); give the prompt some "
+                f"words, or leave words empty on {ATTENTION_MAPS}."
+            )
+        draw = {
+            "image": image,
+            "colormap": colormap,
+            "opacity": float(opacity),
+            "normalisation": normalisation,
+            "columns": int(columns) if int(columns) > 0 else None,
+        }
+        try:
+            picture = heatmap_panels(maps, **draw) if over == "mean" else frame_pictures(maps, over, node, draw)
+        except ValueError as exc:
+            raise in_node(node, exc) from exc
+        payload = ui.PreviewImage(picture, cls=cls).as_dict()
+        payload.update(chips(maps, image, colormap, float(opacity), normalisation))
+        return io.NodeOutput(picture, ui=payload)
+
+
+def frame_pictures(maps: AttentionMaps, over: str, node: str, draw: dict) -> torch.Tensor:
+    """One heatmap picture per kept step or block, captioned with it: ``[frames, H, W, 3]``."""
+    kind = over[:-1]
+    frames = getattr(maps, over, ()) if isinstance(maps, FramedMaps) else ()
+    if not frames and over == "frames":
+        raise ValueError(
+            f"{node}: over 'frames' needs the maps of each latent frame of a video, and these maps have none "
+            "(an image model, or maps loaded from a file, which keep only the mean). Set over to mean, steps "
+            "or blocks."
+        )
+    if not frames:
+        raise ValueError(
+            f"{node}: over {over!r} needs the maps of each {kind}, and these maps hold only their mean. Turn on "
+            f"keep_{over} on {PATCH_MODEL} and run again (maps loaded from a file keep only the mean), or set "
+            "over to mean."
+        )
+    pictures = []
+    for i, frame in enumerate(frames):
+        panels = heatmap_panels(AttentionMaps(maps=frame.maps, words=maps.words, meta=maps.meta), **draw)
+        picture = titled(torch.cat(list(panels), dim=1)[None], f"{frame.caption}   ({i + 1}/{len(frames)})")
+        if i == 0 and picture.numel() * 4 * len(frames) > MAX_FRAMES_BYTES:
+            raise ValueError(
+                f"{node}: {len(frames)} frames of {picture.shape[2]}x{picture.shape[1]} px need "
+                f"{picture.numel() * 4 * len(frames) / 2**30:.1f} GB, over {MAX_FRAMES_BYTES / 2**30:.0f} GB; draw "
+                f"fewer words ({ATTENTION_MAPS}' words), a smaller image, or fewer {over}."
+            )
+        pictures.append(picture)
+    return torch.cat(pictures)
+
+
+def _mask_size(maps: AttentionMaps, width: int, height: int, node: str) -> tuple[int, int]:
+    """(H, W) of the mask: both given; one given (the other keeps the maps' aspect); else the image size."""
+    mh, mw = maps.size
+    width, height = int(width), int(height)
+    if width < 0 or height < 0:
+        raise ValueError(f"{node}: width {width} or height {height} is negative; set each to 0 (automatic) or "
+                         "a size in pixels.")
+    if width and height:
+        return height, width
+    if width:
+        return max(1, round(width * mh / mw)), width
+    if height:
+        return height, max(1, round(height * mw / mh))
+    size = maps.meta.get("image_size")
+    if (
+        isinstance(size, (list, tuple))
+        and len(size) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_SIZE for s in size)
+    ):
+        return int(size[0]), int(size[1])
+    return mh, mw
+
+
+class EnfoqueMapsToMask(io.ComfyNode):
+    """A MASK where the chosen words are attended (for inpainting, regional prompts, compositing)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema("EnfoqueMapsToMask", inputs=[
+                Maps.Input("maps", tooltip=MAPS_FROM),
+                io.String.Input("words", default="", tooltip="Words or phrases, comma separated (e.g. 'cat, red fur'), "
+                                "by the same rule as every words input; empty = all words."),
+                io.Float.Input("threshold", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Where the mask starts, on each map scaled to 0..1: pixels at or above it are "
+                               "in the mask. 0 = automatic per image: the cut that best separates attended from "
+                               "unattended pixels (Otsu's method)."),
+                io.Int.Input("width", default=0, min=0, max=MAX_SIZE, step=1, optional=True,
+                             tooltip=f"Mask width; {SIZE_TIP}"),
+                io.Int.Input("height", default=0, min=0, max=MAX_SIZE, step=1, optional=True,
+                             tooltip=f"Mask height; {SIZE_TIP}"),
+            ],
+            outputs=[io.Mask.Output(display_name="mask")],
+            is_output_node=True,  # shows its mask with nothing attached
+        )
+
+    @classmethod
+    def execute(cls, maps, words, threshold, width=0, height=0) -> io.NodeOutput:
+        node = MAPS_TO_MASK
+        maps = check_maps(maps, node)
+        t = float(threshold)
+        if math.isnan(t) or not 0.0 <= t <= 1.0:
+            raise ValueError(f"{node}: threshold {threshold} is outside 0..1; set it between 0 and 1 "
+                             "(0 = automatic).")
+        size = _mask_size(maps, width, height, node)
+        try:
+            chosen = select(maps, words or "")
+        except ValueError as exc:
+            raise in_node(node, exc, "Pick words from these, or leave words empty for all of them.") from exc
+        if len(chosen.words) == 0:
+            raise ValueError(f"{node}: the maps hold no words (an empty prompt?); give the prompt some words.")
+        try:
+            mask = to_mask(chosen, threshold=t, size=size)
+        except ValueError as exc:
+            raise in_node(node, exc) from exc
+        return io.NodeOutput(mask, ui=ui.PreviewMask(mask, cls=cls))
+
+
