@@ -1,4 +1,4 @@
-"""The fused route makes ComfyUI's own SDPA call (nodes/comfy_sdpa.py), on tiny real models.
+"""The fused route makes ComfyUI's own SDPA call (nodes/common/sdpa.py), on tiny real models.
 
 - Kernel priority. On CUDA (ComfyUI 0.8.0: on Windows) ComfyUI's comfy/ops.py defines
   ``SDPA_BACKEND_PRIORITY`` and a ``scaled_dot_product_attention`` that runs SDPA inside
@@ -199,7 +199,7 @@ def test_comfys_context_only_on_the_fused_route(comfy, tiny_dir, name, where, mo
     comfy_priority_branch(monkeypatch, priority)
     stock = sample(comfy, model, pos, neg, latent_node, cfg)
     patched, _ = patch(comfy, model)
-    seen = spy_routes(comfy, monkeypatch, "nodes.model_hooks")
+    seen = spy_routes(comfy, monkeypatch, "nodes.model_patch.override")
     assert torch.equal(sample(comfy, patched, pos, neg, latent_node, cfg), stock)
     assert seen and not any(c.fused for c in seen if c.batch > 1)
     if where == "over the batch limit":
@@ -272,7 +272,7 @@ def test_text_encoder_enters_comfys_context_only_on_the_fused_route(comfy, monke
     priority = [SDPBackend.MATH]
     comfy_priority_branch(monkeypatch, priority)
     stock = encode(comfy, clip, LONG_PROMPT)
-    seen = spy_routes(comfy, monkeypatch, "nodes.clip_hooks")
+    seen = spy_routes(comfy, monkeypatch, "nodes.clip_patch.attention")
     assert torch.equal(encode(comfy, patched, LONG_PROMPT), stock)
     assert seen and not any(c.fused for c in seen)
     assert context_only_on_the_fused_route(seen, priority, everything), \
