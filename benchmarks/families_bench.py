@@ -49,20 +49,12 @@ def child(args) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     import host
 
-    comfy_path = host.find_comfyui()
-    if comfy_path is None:
-        raise SystemExit(host.NO_HOST_REASON)
-    sys.path.insert(0, str(comfy_path))
-    sys.argv = [sys.argv[0], "--cpu", "--use-pytorch-cross-attention"]
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    import comfy.cli_args  # noqa: F401
+    h = host.in_process(Path(tempfile.mkdtemp(prefix="enfoque-fam-bench-")),
+                        ("--cpu", "--use-pytorch-cross-attention"), "families_bench")
     import tiny_models
     import torch
 
     torch.set_num_threads(args.threads)
-    h = host.load_host(comfy_path, Path(tempfile.mkdtemp(prefix="enfoque-fam-bench-")))
     model_fn, clip_fn, latent_node = FAMILIES[args.family]
     size = {"depth": args.depth, "depth_single_blocks": args.depth} if args.family == "flux2" else \
         {"num_layers": args.depth}

@@ -146,10 +146,7 @@ def host_in_process(work: Path):
     """ComfyUI in-process (``--cpu``) with the pack, as the tests load it."""
     import host
 
-    comfy_path = host.find_comfyui()
-    if comfy_path is None:
-        raise SystemExit(f"map_quality: {host.NO_HOST_REASON}")
-    return host.load_host(comfy_path, work)
+    return host.in_process(work, who="map_quality")
 
 
 # --------------------------------------------------------------------------- one caption

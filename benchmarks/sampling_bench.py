@@ -81,26 +81,10 @@ def load_comfy(device: str, backend: str, work: Path):
     if _HOST:
         return _HOST[0]
     sys.path.insert(0, str(ROOT / "tests"))
-    import host  # the test harness' bootstrap: ComfyUI on sys.path with its command line set
+    import host
 
-    comfy_path = host.find_comfyui()
-    if comfy_path is None:
-        raise SystemExit(host.NO_HOST_REASON)
-    sys.path.insert(0, str(comfy_path))
     device_flags = ["--cpu"] if device == "cpu" else ["--bf16-unet"]
-    sys.argv = [sys.argv[0], *device_flags, *BACKEND_FLAGS[backend]]
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    import comfy.cli_args
-    import comfy.model_management  # noqa: F401  (picks the device from the command line above)
-
-    real = comfy.cli_args.args.cpu
-    comfy.cli_args.args.cpu = True  # the harness insists on --cpu; the device was chosen above
-    try:
-        _HOST.append(host.load_host(comfy_path, work))
-    finally:
-        comfy.cli_args.args.cpu = real
+    _HOST.append(host.in_process(work, (*device_flags, *BACKEND_FLAGS[backend]), "sampling_bench"))
     return _HOST[0]
 
 

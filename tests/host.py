@@ -92,18 +92,24 @@ def venv_python() -> str:
 # --------------------------------------------------------------------------- in-process
 
 
-def bootstrap(comfy_path: Path) -> None:
-    """Make ``import comfy`` use ``comfy_path`` with ``--cpu``. Idempotent; must
-    run before anything imports comfy."""
-    comfy_path = Path(comfy_path)
-    if "comfy.cli_args" in sys.modules:
-        mod = sys.modules["comfy.cli_args"]
-        if not getattr(mod.args, "cpu", False):
-            raise RuntimeError(
-                "comfy was imported before the `comfy` fixture set up its command line; "
-                "use the fixture (or host.bootstrap) before importing comfy"
-            )
+TEST_FLAGS = ("--cpu",)  # ComfyUI's command line in the tests
+_bootstrapped: list[tuple[str, ...]] = []  # the flags ComfyUI was started with in this process
+
+
+def bootstrap(comfy_path: Path, flags: tuple[str, ...] = TEST_FLAGS) -> None:
+    """Make ``import comfy`` use ``comfy_path`` with the command line ``flags`` (the tests: ``--cpu``; a
+    benchmark may choose its device and attention backend). Idempotent for the same flags; must run
+    before anything imports comfy."""
+    comfy_path, flags = Path(comfy_path), tuple(flags)
+    if _bootstrapped:
+        if _bootstrapped[0] != flags:
+            raise RuntimeError(f"ComfyUI was started with {_bootstrapped[0]} in this process, not {flags}")
         return
+    if "comfy.cli_args" in sys.modules:
+        raise RuntimeError(
+            "comfy was imported before the `comfy` fixture set up its command line; "
+            "use the fixture (or host.bootstrap) before importing comfy"
+        )
     p = str(comfy_path)
     if p in sys.path:
         sys.path.remove(p)
@@ -115,11 +121,22 @@ def bootstrap(comfy_path: Path) -> None:
         and Path(getattr(stray, "__file__", "") or "").resolve() != comfy_path.resolve() / "nodes.py"
     ):
         raise RuntimeError(f"a foreign top-level module `nodes` is already imported: {stray!r}")
-    sys.argv = [sys.argv[0], "--cpu"]
+    sys.argv = [sys.argv[0], *flags]
     import comfy.options
 
     comfy.options.enable_args_parsing()
     import comfy.cli_args  # noqa: F401  (parses the command line now)
+
+    _bootstrapped.append(flags)
+
+
+def in_process(work_dir: Path, flags: tuple[str, ...] = TEST_FLAGS, who: str = "enfoque") -> Host:
+    """ComfyUI in this process with the pack loaded (`load_host`), for the benchmarks and tools; exits
+    with how to provide a host when there is none."""
+    comfy_path = find_comfyui()
+    if comfy_path is None:
+        raise SystemExit(f"{who}: {NO_HOST_REASON}")
+    return load_host(comfy_path, work_dir, flags)
 
 
 def pack_module_name(pack_dir: Path | str) -> str:
@@ -191,13 +208,13 @@ class Host:
         return out
 
 
-def load_host(comfy_path: Path, work_dir: Path) -> Host:
+def load_host(comfy_path: Path, work_dir: Path, flags: tuple[str, ...] = TEST_FLAGS) -> Host:
     """Bootstrap ComfyUI, redirect its output/input/temp folders into
     ``work_dir``, register ComfyUI's built-in extra nodes and load the pack
     with ``nodes.load_custom_node`` from
     ``work_dir/custom_nodes/enfoque`` (a symlink to the repo root, so module
-    names match a user install)."""
-    bootstrap(comfy_path)
+    names match a user install); ComfyUI's command line is ``flags``."""
+    bootstrap(comfy_path, flags)
     import folder_paths
 
     import nodes

@@ -25,7 +25,8 @@ import tiny_models
 import torch
 
 # the tiny models, prompts and sampling of test_model_probe; its model cache is released after this module too
-from test_model_probe import _release_models, family, ksample, patch  # noqa: F401
+from helpers import patch
+from test_model_probe import _release_models, family, ksample  # noqa: F401
 from test_model_probe import _stock_sdpa as stock_sdpa_backend
 from torch.nn.attention import SDPBackend
 

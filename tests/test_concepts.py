@@ -14,17 +14,14 @@ import math
 import pytest
 import tiny_models
 import torch
+from helpers import patch, released
 
 pytestmark = pytest.mark.host
 
 NAMES = "cat, chair, background"
 _cache: dict = {}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _release():
-    yield
-    _cache.clear()
+_release = released(_cache)
 
 
 def setup(comfy, tiny_dir, family):
@@ -44,12 +41,6 @@ def ksample(comfy, model, pos, neg, cfg, steps=2, seed=3, batch=1):
     latent = comfy.run("EmptySD3LatentImage", width=128, height=96, batch_size=batch)[0]
     return comfy.run("KSampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
                      scheduler="simple", positive=pos, negative=neg, latent_image=latent, denoise=1.0)[0]
-
-
-def patch(comfy, model, **kw):
-    args = dict(capture=True, reweight="bias", blocks="all", start_percent=0.0, end_percent=1.0)
-    args.update(kw)
-    return comfy.run("EnfoquePatchModel", model=model, **args)
 
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])

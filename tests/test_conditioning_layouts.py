@@ -23,16 +23,13 @@ import pytest
 import tiny_models
 import torch
 import torch.nn.functional as F
+from helpers import patch, released
 
 pytestmark = pytest.mark.host
 
 _models: dict = {}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _release_models():
-    yield
-    _models.clear()
+_release_models = released(_models)
 
 
 def sd15(tiny_dir):
@@ -53,12 +50,6 @@ def encode(comfy, clip, text):
 
 def patched_clip(comfy, factory=tiny_models.clip_sd15):
     return comfy.run("EnfoquePatchCLIP", clip=factory(), weight_mode="attention", capture=False)[0]
-
-
-def patch(comfy, model, **kw):
-    args = dict(capture=True, reweight="bias", blocks="all", start_percent=0.0, end_percent=1.0)
-    args.update(kw)
-    return comfy.run("EnfoquePatchModel", model=model, **args)
 
 
 def ksample(comfy, model, pos, neg, steps=1, width=128, height=96, latent_node="EmptyLatentImage", cfg=3.0, seed=3):

@@ -19,6 +19,7 @@ import pytest
 import tiny_models
 import torch
 from family_cases import CASES, TEXT_ENCODER_TESTED
+from helpers import patch, released
 from weight_checks import check_weight_on_column, with_layout
 
 pytestmark = pytest.mark.host
@@ -29,11 +30,7 @@ MULTI = "a photorealistic red cat, 3.5kg on a chair"  # words of several pieces 
 MULTI_WORDS = ["a", "photorealistic", "red", "cat", "3.5kg", "on", "a", "chair"]
 _models: dict = {}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _release_models():
-    yield
-    _models.clear()
+_release_models = released(_models)
 
 
 @dataclass
@@ -65,12 +62,6 @@ def ksample(comfy, f: Fam, model, pos=None, neg=None, steps=2, seed=3):
     return comfy.run("KSampler", model=model, seed=seed, steps=steps, cfg=CASES[f.name].cfg, sampler_name="euler",
                      scheduler="simple", positive=pos if pos is not None else f.pos,
                      negative=neg if neg is not None else f.neg, latent_image=f.latent, denoise=1.0)[0]
-
-
-def patch(comfy, model, **kw):
-    args = dict(capture=True, reweight="bias", blocks="all", start_percent=0.0, end_percent=1.0)
-    args.update(kw)
-    return comfy.run("EnfoquePatchModel", model=model, **args)
 
 
 def grid_cells(f: Fam) -> tuple[int, int, int]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import tiny_models
 import torch
+from helpers import patch
 
 pytestmark = pytest.mark.host
 
@@ -518,12 +519,6 @@ def latent_for(comfy, latent_node, width=128, height=96, batch=1):
 def ksample(comfy, model, pos, neg, latent, cfg, steps=2, seed=3, denoise=1.0):
     return comfy.run("KSampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
                      scheduler="simple", positive=pos, negative=neg, latent_image=latent, denoise=denoise)[0]
-
-
-def patch(comfy, model, **kw):
-    args = dict(capture=True, reweight="bias", blocks="all", start_percent=0.0, end_percent=1.0)
-    args.update(kw)
-    return comfy.run("EnfoquePatchModel", model=model, **args)
 
 
 def close(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:

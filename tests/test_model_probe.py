@@ -7,6 +7,7 @@ import logging
 import pytest
 import tiny_models
 import torch
+from helpers import patch, released
 from weight_checks import check_weight_on_column, with_layout
 
 pytestmark = pytest.mark.host
@@ -22,12 +23,7 @@ FAMILIES = {
 }
 _models: dict = {}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _release_models():
-    """Models built here are shared by this module's tests and dropped after them."""
-    yield
-    _models.clear()
+_release_models = released(_models)
 
 
 def family(comfy, tiny_dir, name):
@@ -44,12 +40,6 @@ def ksample(comfy, model, pos, neg, latent_node, cfg, steps=2, width=128, height
     latent = comfy.run(latent_node, width=width, height=height, batch_size=batch)[0]
     return comfy.run("KSampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
                      scheduler="simple", positive=pos, negative=neg, latent_image=latent, denoise=1.0)[0]
-
-
-def patch(comfy, model, **kw):
-    args = dict(capture=True, reweight="bias", blocks="all", start_percent=0.0, end_percent=1.0)
-    args.update(kw)
-    return comfy.run("EnfoquePatchModel", model=model, **args)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

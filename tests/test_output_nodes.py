@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ksampler
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -318,21 +319,7 @@ def sampling_graph(prefix: str, words: str = "#1, #2, #3") -> dict:
                 "end_percent": 1.0,
             },
         },
-        "6": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["10", 0],
-                "seed": 3,
-                "steps": 2,
-                "cfg": 2.0,
-                "sampler_name": "euler",
-                "scheduler": "simple",
-                "positive": ["3", 0],
-                "negative": ["4", 0],
-                "latent_image": ["5", 0],
-                "denoise": 1.0,
-            },
-        },
+        "6": ksampler(["10", 0], ["3", 0], ["4", 0], ["5", 0], seed=3),
         "11": {
             "class_type": "EnfoqueAttentionMaps",
             "inputs": {"probe": ["10", 1], "latent": ["6", 0], "words": words},

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import tiny_models
 import torch
+from helpers import released
 
 pytestmark = pytest.mark.host
 
@@ -44,11 +45,7 @@ CONCEPT_SPELLINGS = {"Red,": [[0]], "RED CAT": [[2]], "cat, Dog!": [[1], [3]], "
 
 _cache: dict = {}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _release():
-    yield
-    _cache.clear()
+_release = released(_cache)
 
 
 def sampled(comfy, tiny_dir, capture_words: str = ""):
