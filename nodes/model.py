@@ -14,7 +14,7 @@ from .model_patch.concepts import Concepts
 from .model_patch.families import supported
 from .model_patch.install import block_count, install
 from .model_patch.readout import KINDS, read_maps
-from .model_patch.state import REWEIGHT, ProbeConfig
+from .model_patch.state import REFINE, REWEIGHT, ProbeConfig
 from .names import ATTENTION_MAPS, CONCEPTS, PATCH_MODEL
 from .sockets import ConceptsType, Maps, ModelProbeType, schema
 
@@ -57,6 +57,10 @@ class EnfoquePatchModel(io.ComfyNode):
                                    tooltip=f"Concepts from {CONCEPTS}: they run through the joint blocks beside "
                                    f"the prompt and give concept maps ({ATTENTION_MAPS} with kind concept); the "
                                    "picture does not change. SD3 / SD3.5 and Flux.1."),
+                io.Combo.Input("refine", options=list(REFINE), default="off", optional=True,
+                               tooltip="self-attention: also record refined maps, each attention call's maps "
+                               "carried through the image's own attention in that call (sharper, on the objects); "
+                               f"read them with {ATTENTION_MAPS}' kind refined. The picture does not change."),
             ],
             outputs=[io.Model.Output(), ModelProbeType.Output(display_name="probe")], more=f"Supports {supported()}.",
             hidden=[io.Hidden.unique_id],
@@ -65,9 +69,10 @@ class EnfoquePatchModel(io.ComfyNode):
     @classmethod
     def execute(cls, model, capture, reweight, blocks, start_percent, end_percent,
                 capture_negative=False, capture_words="", budget_mb=1024.0, keep_steps=False,
-                keep_blocks=False, concepts=None) -> io.NodeOutput:
+                keep_blocks=False, concepts=None, refine="off") -> io.NodeOutput:
         node = PATCH_MODEL
         check_option(node, "reweight", reweight, REWEIGHT)
+        check_option(node, "refine", refine, REFINE)
         for name, value in (("start_percent", start_percent), ("end_percent", end_percent), ("budget_mb", budget_mb)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise ValueError(f"{node}: {name} {brief(value)!r} is not a number; set it to a number in its range.")
@@ -86,7 +91,8 @@ class EnfoquePatchModel(io.ComfyNode):
                              blocks=parse_blocks(blocks, block_count(model), node),
                              start_percent=float(start_percent), end_percent=float(end_percent),
                              capture_negative=bool(capture_negative), capture_words=capture_items(capture_words or ""),
-                             budget_mb=float(budget_mb), keep_steps=bool(keep_steps), keep_blocks=bool(keep_blocks))
+                             budget_mb=float(budget_mb), keep_steps=bool(keep_steps), keep_blocks=bool(keep_blocks),
+                             refine=refine)
         patched, probe = install(model, config, concepts=concepts, node_id=cls.hidden.unique_id if cls.hidden else None)
         return io.NodeOutput(patched, probe)
 
@@ -113,9 +119,11 @@ class EnfoqueAttentionMaps(io.ComfyNode):
                              tooltip="-1 = mean over the blocks; k = the map of block k alone "
                              f"(needs keep_blocks on {PATCH_MODEL}; not together with step)."),
                 io.Combo.Input("kind", options=list(KINDS), default="cross", optional=True,
-                               tooltip="cross: where the image attends to each prompt word. concept: concept maps "
-                               f"(the concepts of {CONCEPTS} connected to {PATCH_MODEL}; words then picks "
-                               "concepts), each pixel's share among the concepts."),
+                               tooltip="cross: where the image attends to each prompt word (exact). refined: "
+                               f"the same maps carried through the image's own attention (needs refine on "
+                               f"{PATCH_MODEL}): sharper, on the objects. concept: concept maps (the concepts of "
+                               f"{CONCEPTS} connected to {PATCH_MODEL}; words then picks concepts), each "
+                               "pixel's share among the concepts."),
             ],
             outputs=[Maps.Output(display_name="maps")],
         )

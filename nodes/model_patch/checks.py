@@ -63,9 +63,9 @@ def capture_words(text: str) -> tuple[str, ...]:
 def capture_bytes(config: ProbeConfig, routes: Iterable[Route], images: int, grid: tuple[int, int], steps: int,
                   blocks: int, concepts: int = 0) -> tuple[int, int]:
     """(captured tokens, bytes) the running sums of a run take: float32 ``[images, tokens, H, W]``, once
-    for the mean and once more per kept step / block; concept maps count as ``concepts`` more tokens
-    per captured prompt."""
-    tokens = sum(len(r.columns) + concepts for r in routes if config.captures(r.role))
+    for the mean and once more per kept step / block; refined maps count each token twice, concept maps as
+    ``concepts`` more tokens per captured prompt."""
+    tokens = sum(len(r.columns) * (2 if config.refines else 1) + concepts for r in routes if config.captures(r.role))
     copies = 1 + (steps if config.keep_steps else 0) + (blocks if config.keep_blocks else 0)
     return tokens, images * tokens * grid[0] * grid[1] * 4 * copies
 

@@ -19,7 +19,9 @@ from collections.abc import Callable
 import torch
 
 from ...attention.concepts import concept_attention, concept_scores
-from ...attention.engine import attend, from_bhnd, to_bhnd
+from ...attention.engine import attend, from_bhnd, sdpa_mask, to_bhnd
+from ...attention.refine import refine
+from ...attention.sdpa import additive_mask
 from ..common.clones import SharedByClones
 from ..common.sdpa import fused_route, is_stock_sdpa, one_sdpa_call
 from . import families
@@ -75,8 +77,13 @@ class AttentionOverride(SharedByClones):
     def _attention(self, func, args: tuple, kwargs: dict):
         options = kwargs.get("transformer_options") or {}
         state: CallState | None = options.get(self.patch.keys.call)
+        if state is None:
+            return self._next(func, args, kwargs)
         marked_site = options.get(self.patch.keys.site)
-        if state is None or (marked_site is None and self.patch.spec.hook != "block_index"):
+        by_call = self.patch.spec.hook == "block_index"  # NextDiT: no block hook, the call itself says
+        # refined maps of a cross-attention family take the block's self-attention, which runs just before
+        keep_self = self.patch.config.refines and self.patch.spec.attention == "cross" and state.capture
+        if marked_site is None and not by_call and not keep_self:
             return self._next(func, args, kwargs)
         run = state.run
         where = f"block {marked_site.block}" if marked_site is not None else "an attention call"
@@ -94,6 +101,10 @@ class AttentionOverride(SharedByClones):
         heads, skip = call.heads, call.skip_reshape
         seq_dim = 2 if skip else 1
         q_len, k_len = q.shape[seq_dim], k.shape[seq_dim]
+        if keep_self and q_len == k_len:
+            state.self_attention = (q, k, heads, skip)
+        if marked_site is None and not by_call:
+            return self._next(func, args, kwargs)
         site = self._site(options, state, call, k_len)
         if site is None:
             return self._next(func, args, kwargs)
@@ -123,7 +134,32 @@ class AttentionOverride(SharedByClones):
             )
         if maps:
             run.record(plan, maps, heads, state.step, site.block)
+            if run.refined_acc is not None:
+                refined = self._refined(call, state, plan, maps, site)
+                if refined is not None:
+                    run.record(plan, refined, 1, state.step, site.block, refined=True)
         return out
+
+    def _refined(self, call: AttentionCall, state: CallState, plan, maps: list, site: Site) -> list | None:
+        """The refined maps of this call's captures (`attention.refine`): through this joint attention's own
+        image x image attention, or the self-attention the block ran before its cross-attention."""
+        heads, skip = call.heads, call.skip_reshape
+        if self.patch.spec.attention == "joint":
+            q, k = to_bhnd(call.q, heads, skip), to_bhnd(call.k, heads, skip)
+            q_range = k_range = plan.query_range
+            mask = additive_mask(sdpa_mask(call.mask, None, call.q), call.q.dtype)
+        else:
+            kept, state.self_attention = state.self_attention, None
+            n = plan.query_range[1] - plan.query_range[0]
+            if kept is None or kept[0].shape[2 if kept[3] else 1] != n:
+                state.run.log.once(("refine-self", site.block), "block %d: no self-attention of its %d image tokens "
+                                   "ran before its cross-attention; its refined maps are left out", site.block, n)
+                return None
+            q, k = to_bhnd(kept[0], kept[2], kept[3]), to_bhnd(kept[1], kept[2], kept[3])
+            q_range = k_range = (0, n)
+            mask = None
+        return [refine(q, k, m / heads, cap.rows, q_range, k_range, mask) for cap, m in zip(plan.captures, maps,
+                                                                                             strict=True)]
 
     def _concepts(self, concept: ConceptCall, state: CallState | None, args: tuple, kwargs: dict, out) -> None:
         """The concepts' attention over ``[concepts; image]`` at this block's joint attention, and their

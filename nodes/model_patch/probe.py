@@ -112,9 +112,10 @@ class ModelProbe:
             return
         self.runs += 1
         routes = by_key(run.routes)
-        acc, cacc = run.acc, run.concept_acc
+        acc, cacc, racc = run.acc, run.concept_acc, run.refined_acc
         maps = {k: acc.mean(k) for k in acc.records}
         concept_maps = {k: cacc.mean(k) for k in cacc.records} if cacc is not None else {}
+        refined = {k: racc.mean(k) for k in racc.records} if racc is not None else {}
         self.store.add(ProbeResult(
             maps=maps,
             step_maps={k: acc.step_means(k) for k in maps} if cfg.keep_steps else {},
@@ -132,6 +133,10 @@ class ModelProbe:
             concept_maps=concept_maps,
             concept_step_maps={k: cacc.step_means(k) for k in concept_maps} if cfg.keep_steps else {},
             concept_block_maps={k: cacc.block_means(k) for k in concept_maps} if cfg.keep_blocks else {},
+            refined=cfg.refines,
+            refined_maps=refined,
+            refined_step_maps={k: racc.step_means(k) for k in refined} if cfg.keep_steps else {},
+            refined_block_maps={k: racc.block_means(k) for k in refined} if cfg.keep_blocks else {},
         ))
 
     def result_for(self, latent_shape: tuple[int, ...] | None) -> ProbeResult | None:

@@ -2,7 +2,8 @@
 
 One path for every kind of map. A kind says where its maps are in the run's result and what its
 labels are: ``cross`` maps are the prompt's captured token columns, labelled by the prompt's words
-(each word the mean of its tokens); ``concept`` maps are one column per concept of Enfoque Concepts.
+(each word the mean of its tokens); ``refined`` maps are the same columns refined through the image's
+own attention (`attention.refine`); ``concept`` maps are one column per concept of Enfoque Concepts.
 The ``words`` text then selects labels by the pack's one rule (`attention.selection`): each item is the
 mean of the maps of the words it selects. The mean over the run, the maps of one kept step or block,
 and the frames of each kept step, block and latent frame all go through the same selection.
@@ -24,7 +25,7 @@ from ..names import CONCEPTS, PATCH_CLIP, PATCH_MODEL
 from .probe import ModelProbe
 from .store import ProbeResult
 
-KINDS = ("cross", "concept")
+KINDS = ("cross", "concept", "refined")
 PROMPTS = ("positive", "negative")
 
 
@@ -41,8 +42,11 @@ class Source:
     meta: dict
 
 
-def _cross(result: ProbeResult, key: tuple[str, int], probe: ModelProbe, node: str) -> Source:
+def _cross(result: ProbeResult, key: tuple[str, int], probe: ModelProbe, node: str, refined: bool = False) -> Source:
     prompt, index = key
+    if refined and not result.refined:
+        raise ValueError(f"{node}: kind refined needs the refined maps, and this run had refine off on "
+                         f"{PATCH_MODEL}; set refine to self-attention there and run again, or set kind to cross.")
     if not result.maps and result.notes:
         raise ValueError(f"{node}: the last sampling run of this {PATCH_MODEL} captured no maps: "
                          f"{brief('; '.join(result.notes), 600)}. Fix what these say and run again.")
@@ -57,8 +61,13 @@ def _cross(result: ProbeResult, key: tuple[str, int], probe: ModelProbe, node: s
     meta = {"token_spans": route.layout.encoder_spans, "labelled": route.layout.labelled,
             "reweight": probe.config.reweight, "frames": result.frames,
             "normalisation": "none (mean attention probability over heads, blocks and steps)"}
-    return Source(result.maps[key], result.step_maps.get(key, {}), result.block_maps.get(key, {}), list(route.layout.words),
-                  spans, meta)
+    if refined:
+        meta.update(kind="refined", normalisation="each call's map through the image tokens' own attention "
+                    "(mean over heads), then the mean over blocks and steps")
+        return Source(result.refined_maps[key], result.refined_step_maps.get(key, {}),
+                      result.refined_block_maps.get(key, {}), list(route.layout.words), spans, meta)
+    return Source(result.maps[key], result.step_maps.get(key, {}), result.block_maps.get(key, {}),
+                  list(route.layout.words), spans, meta)
 
 
 def _concept(result: ProbeResult, key: tuple[str, int], node: str) -> Source:
@@ -160,7 +169,7 @@ def find_result(probe, latent, node: str) -> tuple[ProbeResult, tuple[int, ...] 
 
 def read_maps(probe, latent, words: str = "", prompt: str = "positive", cond_index: int = 0, step: int = -1,
               block: int = -1, kind: str = "cross", node: str = "") -> FramedMaps:
-    """The maps of a finished run of ``probe``: ``kind`` cross (words) or concept, the ``words`` selected,
+    """The maps of a finished run of ``probe``: ``kind`` cross or refined (words) or concept, the ``words`` selected,
     the mean or one ``step`` / ``block``, with the frames of each kept step, block and latent frame.
     Errors name ``node``."""
     check_option(node, "kind", kind, KINDS)
@@ -168,7 +177,7 @@ def read_maps(probe, latent, words: str = "", prompt: str = "positive", cond_ind
     result, shape = find_result(probe, latent, node)
     step, block, cond_index = int(step), int(block), int(cond_index)
     key = (prompt, cond_index)
-    src = _concept(result, key, node) if kind == "concept" else _cross(result, key, probe, node)
+    src = _concept(result, key, node) if kind == "concept" else _cross(result, key, probe, node, kind == "refined")
     if step >= 0 and block >= 0:
         raise ValueError(f"{node}: step {step} and block {block} are both set; choose a step or a block, "
                          "and set the other to -1.")
@@ -180,7 +189,7 @@ def read_maps(probe, latent, words: str = "", prompt: str = "positive", cond_ind
     labelled = src.meta.get("labelled", True)
     picks = _picks(src, kind, words or "", labelled, node)
     labels = [p.label for p in picks]
-    n = result.frames if kind == "cross" else 1
+    n = result.frames if kind != "concept" else 1
 
     def pooled(m: torch.Tensor) -> torch.Tensor:
         return picked_maps(m, src.spans, picks, src.labels)
@@ -209,7 +218,7 @@ def read_maps(probe, latent, words: str = "", prompt: str = "positive", cond_ind
         "run": result.run,
         **src.meta,
     }
-    if kind == "cross":
+    if kind != "concept":
         route = result.routes[key]
         meta["context_positions"] = [[route.columns[i] for w in p.indices for i in src.spans[w]] for p in picks]
     return FramedMaps(

@@ -46,6 +46,7 @@ class RunRecord:
     log: OnceLog = field(default_factory=run_log)
     acc: MapAccumulator | None = None
     concept_acc: MapAccumulator | None = None  # concept maps (EnfoqueConcepts), keyed like acc
+    refined_acc: MapAccumulator | None = None  # refined maps (refine on), keyed like acc
     step: int = -1
     last_sigma: float | None = None
     plans: dict[tuple, Plan | None] = field(default_factory=dict)
@@ -72,6 +73,8 @@ class RunRecord:
             self.acc = self._accumulator(self.grid or grid)
             if self.with_concepts and self.config.capture:
                 self.concept_acc = self._accumulator(self.grid or grid)
+            if self.config.refines:
+                self.refined_acc = self._accumulator(self.grid or grid)
         return CallState(run=self, active=active, step=self.step, grid=grid, capture=not self.guidance)
 
     def _accumulator(self, grid: tuple[int, int]) -> MapAccumulator:
@@ -109,14 +112,17 @@ class RunRecord:
                                          k_len, batch, q.device, self.log, self.placement, self.frames)
         return self.plans[key]
 
-    def record(self, plan: Plan, maps: list[torch.Tensor], heads: int, step: int, block: int) -> None:
-        """One attention call's captured maps, into the running sums of the prompts whose rows they are."""
+    def record(self, plan: Plan, maps: list[torch.Tensor], heads: int, step: int, block: int,
+               refined: bool = False) -> None:
+        """One attention call's captured maps (summed over ``heads``), or their refined maps, into the running
+        sums of the prompts whose rows they are."""
         self.blocks_seen.add(block)
+        acc = self.refined_acc if refined else self.acc
         for key, m, reps, region in zip(plan.keys, maps, plan.copies, plan.regions, strict=True):
             if reps > 1:
                 m = m.view(m.shape[0], m.shape[1], reps, -1).sum(2)
             place = None if region is None else (region.y, region.x, region.h, region.w)
-            self.acc.add(key, m, heads, step=step, block=block, region=place)
+            acc.add(key, m, heads, step=step, block=block, region=place)
 
     def record_concepts(self, scores: torch.Tensor, uuids: list, state: CallState, block: int) -> None:
         """One block call's concept scores ``[B, image tokens, concepts]``, into the maps of the prompts whose

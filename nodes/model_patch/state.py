@@ -18,6 +18,7 @@ from typing import Any
 from ...attention.layout import TokenLayout
 
 REWEIGHT = ("off", "bias", "scale")  # how word weights act in the diffusion model's attention
+REFINE = ("off", "self-attention")  # refined maps: each call's maps through the image tokens' own attention
 
 
 @dataclass
@@ -32,6 +33,12 @@ class ProbeConfig:
     keep_steps: bool = False
     keep_blocks: bool = False
     budget_mb: float = 1024.0
+    refine: str = "off"
+
+    @property
+    def refines(self) -> bool:
+        """Whether refined maps are recorded beside the maps."""
+        return self.capture and self.refine != "off"
 
     def captures(self, role: str) -> bool:
         """Whether the maps of a conditioning of this role are recorded."""
@@ -111,6 +118,7 @@ class CallState:
     joint_calls: int = 0  # main-layer attention calls seen (NextDiT on a ComfyUI that writes no block index)
     concept_x: object = None  # the concept stream between blocks (EnfoqueConcepts), a tensor once started
     concept_stopped: bool = False  # the stream could not go on in this model call (said in the run's log)
+    self_attention: tuple | None = None  # (q, k, heads, skip_reshape) of the last self-attention (refine, cross)
 
 
 @dataclass

@@ -32,6 +32,10 @@ class ProbeResult:
     concept_maps: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # [B, concepts, H, W]
     concept_step_maps: dict[tuple[str, int], dict[int, torch.Tensor]] = field(default_factory=dict)
     concept_block_maps: dict[tuple[str, int], dict[int, torch.Tensor]] = field(default_factory=dict)
+    refined: bool = False  # the run recorded refined maps (refine on)
+    refined_maps: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # like maps
+    refined_step_maps: dict[tuple[str, int], dict[int, torch.Tensor]] = field(default_factory=dict)
+    refined_block_maps: dict[tuple[str, int], dict[int, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, tuple[int, int]]:
