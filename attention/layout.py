@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from .selection import Pick, parse_items, picked, select
 from .streams import Stream, stream_length
-from .words import split
+from .words import split, token_kinds
 
 LAYOUT_KEY = "enfoque_layout"
 
@@ -27,6 +27,10 @@ class TokenLayout:
     encoder (provenance for exports). ``template`` lists the context positions of
     chat-template and system-prompt tokens the encoder kept (LLM text encoders):
     they are neither words nor weighted, and maps of the words leave them out.
+    ``specials`` gives, per encoder stream in the context, the positions of its start, end and
+    padding tokens, and of its other tokens that belong to no word (punctuation alone: ``other``)
+    (``{"l": {"start": (0,), "end": (8,), "pad": (9, ...), "other": (4,)}}``): never words, never
+    weighted, their maps only on request (``<start>``, ``<end:t5xxl>``, `selection`).
     """
 
     words: tuple[str, ...]
@@ -34,7 +38,7 @@ class TokenLayout:
     context_length: int
     weights: dict[int, float] = field(default_factory=dict)
     encoder_spans: dict[str, list[list[int]]] = field(default_factory=dict)
-    special: tuple[int, ...] = ()
+    specials: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
     labelled: bool = True
     template: tuple[int, ...] = ()
 
@@ -75,6 +79,20 @@ class TokenLayout:
         """The context positions of these words, each once, in order."""
         return list(dict.fromkeys(p for i in indices for p in self.spans[i]))
 
+    def special_positions(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(label, positions) of each encoder's start, end and padding tokens and of the template tokens,
+        the labels as `selection` reads them (``<start:l>``, ``<template>``); empty ones left out."""
+        out = [(f"<{kind}:{key}>", ps) for key, kinds in self.specials.items() for kind, ps in kinds.items() if ps]
+        if self.template:
+            out.append(("<template>", tuple(self.template)))
+        return out
+
+    def labelled_spans(self) -> tuple[list[str], list[tuple[int, ...]]]:
+        """Every label the maps of this prompt can have, and its positions: the words, then the special
+        labels (`special_positions`), which only an explicit ``<start>`` (...) item selects."""
+        specials = self.special_positions()
+        return [*self.words, *(label for label, _ in specials)], [*self.spans, *(ps for _, ps in specials)]
+
     def word_at(self, position: int) -> str:
         """The word at a context position, or ``#position`` where no word is."""
         return next((w for w, s in zip(self.words, self.spans, strict=True) if position in s), f"#{position}")
@@ -105,7 +123,8 @@ class TokenLayout:
             context_length=length,
             weights={p: w for p, w in self.weights.items() if p < length},
             encoder_spans={k: [v[i] for i in keep] for k, v in self.encoder_spans.items()},
-            special=tuple(p for p in self.special if p < length),
+            specials={k: {kind: tuple(p for p in ps if p < length) for kind, ps in v.items()}
+                      for k, v in self.specials.items()},
             template=tuple(p for p in self.template if p < length),
         )
 
@@ -212,6 +231,7 @@ def build_layout(streams: list[Stream], context_length: int, in_context: dict[st
     if not streams:
         return TokenLayout.positional(context_length)
     split_ = {s.key: split(s) for s in streams}
+    kinds_of = {s.key: token_kinds(s) for s in streams if s.key in in_context}
     per_stream = {k: v[0] for k, v in split_.items()}
     template = sorted({in_context[k] + t for k, (_, tpl) in split_.items() if k in in_context for t in tpl
                        if 0 <= in_context[k] + t < context_length})
@@ -239,16 +259,26 @@ def build_layout(streams: list[Stream], context_length: int, in_context: dict[st
                             weights[pos] = w
         enc_spans[s.key] = enc
     keep = [i for i, s in enumerate(spans) if s]
-    specials = set(range(context_length)) - {p for i in keep for p in spans[i]}
+    # each encoder's start, end and padding tokens, and its other tokens that are no word (punctuation alone)
+    in_words = {p for s in spans for p in s}
+    specials: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, kinds in kinds_of.items():
+        found: dict[str, list[int]] = {"start": [], "end": [], "pad": [], "other": []}
+        for t, kind in enumerate(kinds):
+            pos = in_context[key] + t
+            kind = "other" if kind in ("text", "emb") else kind
+            if kind in found and 0 <= pos < context_length and pos not in in_words:
+                found[kind].append(pos)
+        specials[key] = {k: tuple(v) for k, v in found.items()}
     return TokenLayout(
         words=tuple(words[i] for i in keep),
         spans=tuple(tuple(spans[i]) for i in keep),
         context_length=context_length,
         weights=weights,
         encoder_spans={k: [v[i] for i in keep] for k, v in enc_spans.items()},
-        special=tuple(sorted(specials)),
+        specials=specials,
         template=tuple(template),
-    ) if keep else TokenLayout(words=(), spans=(), context_length=context_length, special=tuple(range(context_length)),
+    ) if keep else TokenLayout(words=(), spans=(), context_length=context_length, specials=specials,
                                template=tuple(template))
 
 

@@ -16,7 +16,7 @@ import copy
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -411,13 +411,15 @@ def otsu_threshold(x: Tensor) -> float:
 
 
 def to_mask(
-    maps: Tensor | AttentionMaps, threshold: float = 0.0, size: tuple[int, int] | None = None
+    maps: Tensor | AttentionMaps, threshold: float = 0.0, size: tuple[int, int] | None = None,
+    resample: Callable[[Tensor, tuple[int, int]], Tensor] | None = None,
 ) -> Tensor:
     """Binary mask `[B, H, W]` float32 in {0, 1} from the selected word maps.
 
     Words are combined by a max (a pixel belongs to the mask if any selected
     word attends there), optionally resized to `size` (before thresholding, so
-    edges follow the smooth map), normalised to [0, 1] per batch row, and
+    edges follow the smooth map; by `resample(maps, size)` when given, e.g. guided
+    by the picture, `upsample.guided`), normalised to [0, 1] per batch row, and
     thresholded: pixels `>= threshold` are 1. `threshold=0` picks one
     automatically per batch row with Otsu's method. A row with no contrast
     (constant map) gives an empty mask.
@@ -431,7 +433,7 @@ def to_mask(
         raise ValueError("to_mask: there are no word maps to make a mask from; select at least one word.")
     combined = x.amax(dim=1, keepdim=True)  # [B, 1, H, W]
     if size is not None:
-        combined = _resize_tensor(combined, size)
+        combined = (resample or _resize_tensor)(combined, size)
     combined = normalise(combined, "minmax")[:, 0]  # [B, H, W]
     masks = []
     for row in combined:

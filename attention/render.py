@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .colormaps import apply_colormap
 from .maps import AttentionMaps, normalise, resize, share_of_text
+from .upsample import guided
 
 _MIN_SHORT_SIDE = 256  # heatmaps without an image are upscaled to at least this
 _MAX_LONG_SIDE = 1024  # ... unless that would make the long side larger than this
@@ -117,6 +118,7 @@ def heatmap_panels(
     opacity: float = 0.6,
     normalisation: str = "minmax",
     columns: int | None = None,
+    upscale: str = "bilinear",
 ) -> Tensor:
     """One captioned heatmap panel per word, laid out in a grid: `[B, H', W', 3]` in [0, 1].
 
@@ -131,6 +133,7 @@ def heatmap_panels(
     Args:
         columns: panels per grid row; default `ceil(sqrt(words))`.
         normalisation: see `maps.normalise`; values are clamped to [0, 1] for colouring.
+        upscale: "bilinear", or "guided" by the image's edges (`upsample.guided`; needs `image`).
     """
     if not isinstance(maps, AttentionMaps):
         raise ValueError(f"heatmap_panels: expected AttentionMaps, got {type(maps).__name__}.")
@@ -182,7 +185,10 @@ def heatmap_panels(
         mb = b if normed.shape[0] > 1 else 0
         canvas = Image.new("RGB", (canvas_w, canvas_h), _BACKGROUND)
         draw = ImageDraw.Draw(canvas)
-        panel_maps = resize(normed[mb], (ph, pw)).clamp_(0.0, 1.0)  # [n, ph, pw]
+        if upscale == "guided" and img is not None:
+            panel_maps = guided(normed[mb][None], img[b if img.shape[0] > 1 else 0][None])[0].clamp_(0.0, 1.0)
+        else:
+            panel_maps = resize(normed[mb], (ph, pw)).clamp_(0.0, 1.0)  # [n, ph, pw]
         for i in range(n):
             heat = apply_colormap(panel_maps[i], colormap)  # [ph, pw, 3]
             if img is not None:

@@ -12,6 +12,10 @@ captured columns:
 - a word (or phrase) that occurs more than once selects every occurrence; ``word#2`` selects only
   the second one (``#1`` the first);
 - ``#12`` alone is context position 12, the label of maps that have no words (a stock CLIP);
+- ``<start>``, ``<end>``, ``<pad>`` select the start, end and padding tokens of every encoder (labels
+  ``<start:l>``, ``<end:t5xxl>``, ...), ``<end:t5xxl>`` those of one encoder, ``<template>`` an LLM
+  encoder's chat-template tokens, ``<other>`` tokens that belong to no word (punctuation alone); no other
+  item selects them;
 - an item repeated in the list counts once.
 
 An item selects words, and its map is the mean of their maps (a word's map is the mean of its
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 
 _POSITION = re.compile(r"^#\d+$")
 _OCCURRENCE = re.compile(r"^(.*\S)\s*#(\d+)$")
+SPECIAL = re.compile(r"^<(start|end|pad|template|other)(?::([\w.]+))?>$")
 
 
 def normal_word(word: str) -> str:
@@ -55,6 +60,7 @@ class Item:
     text: str
     words: tuple[str, ...]
     occurrence: int = 0
+    special: tuple[str, str] | None = None  # (kind, encoder or "") of a special item such as <end:t5xxl>
 
 
 def parse_items(query: str) -> list[Item]:
@@ -63,6 +69,11 @@ def parse_items(query: str) -> list[Item]:
     for part in str(query or "").split(","):
         text = re.sub(r"\s+", " ", part.strip())
         if not text:
+            continue
+        sp = SPECIAL.match(text.casefold())
+        if sp:
+            item = Item(text, (), special=(sp.group(1), sp.group(2) or ""))
+            out.setdefault(("special", *item.special), item)
             continue
         occurrence = 0
         body = text
@@ -76,11 +87,19 @@ def parse_items(query: str) -> list[Item]:
 
 def matches(labels: Sequence[str], item: Item) -> list[tuple[int, ...]]:
     """Every run of consecutive labels whose words spell the item's words, in order (labels that spell it
-    on their own, where there are some)."""
+    on their own, where there are some); a special item's special labels."""
+    if item.special is not None:
+        kind, encoder = item.special
+        found = []
+        for i, label in enumerate(labels):
+            m = SPECIAL.match(label)
+            if m and m.group(1) == kind and (not encoder or m.group(2) == encoder):
+                found.append((i,))
+        return found
     want = item.words
     if not want:
         return []
-    words = [normal_words(label) for label in labels]
+    words = [() if SPECIAL.match(label) else normal_words(label) for label in labels]
     whole = [(i,) for i, w in enumerate(words) if w == want]
     if whole:
         return whole

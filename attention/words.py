@@ -280,9 +280,9 @@ def _words(stream: Stream, content: list | None = None) -> list[_Word]:
     return out
 
 
-def token_labels(stream: Stream) -> list[str]:
-    """One label per token of the stream: its piece, ``<start>`` / ``<end>`` / ``<pad>``, ``<emb>`` for an
-    embedding, and a chat-template token in brackets."""
+def token_kinds(stream: Stream) -> list[str]:
+    """What each token of the stream is: "start", "end", "pad" (after the end token, or a byte-level
+    stream's padding id), "emb" (an embedding), "template" (chat template, system prompt) or "text"."""
     template = set(split(stream)[1])
     out = []
     flat = 0
@@ -291,18 +291,31 @@ def token_labels(stream: Stream) -> list[str]:
         for item in chunk:
             t = item[0]
             if not isinstance(t, int):
-                out.append("<emb>")
-            elif t == stream.start:
-                out.append("<start>")
-            elif t == stream.end:
-                out.append("<end>")
-                ended = True
+                out.append("emb")
             elif ended or (stream.kind == "bytelevel" and t == stream.pad):  # CLIP-G's pad id 0 is also "!"
-                out.append("<pad>")
-            elif stream.kind == "bytelevel" or flat in template:
-                label = piece_label(stream.pieces.get(t, str(t)), stream.kind)
-                out.append(f"[{label}]" if flat in template else label)
+                out.append("pad")  # CLIP-L pads with its end token: only the first end is the end
+            elif t == stream.start:
+                out.append("start")
+            elif t == stream.end:
+                out.append("end")
+                ended = True
             else:
-                out.append(stream.pieces.get(t, str(t)).replace("</w>", "").replace("▁", "") or "_")
+                out.append("template" if flat in template else "text")
             flat += 1
+    return out
+
+
+def token_labels(stream: Stream) -> list[str]:
+    """One label per token of the stream: its piece, ``<start>`` / ``<end>`` / ``<pad>``, ``<emb>`` for an
+    embedding, and a chat-template token in brackets."""
+    out = []
+    flat = [it[0] for c in stream.chunks for it in c]
+    for t, kind in zip(flat, token_kinds(stream), strict=True):
+        if kind in ("start", "end", "pad", "emb"):
+            out.append(f"<{kind}>")
+        elif stream.kind == "bytelevel" or kind == "template":
+            label = piece_label(stream.pieces.get(t, str(t)), stream.kind)
+            out.append(f"[{label}]" if kind == "template" else label)
+        else:
+            out.append(stream.pieces.get(t, str(t)).replace("</w>", "").replace("▁", "") or "_")
     return out

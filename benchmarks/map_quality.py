@@ -39,11 +39,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT / "tools", ROOT / "tests"):
+for p in (ROOT, ROOT / "tools", ROOT / "tests", ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
 import shapes_data as sd  # noqa: E402
+import sharpness  # noqa: E402
 
 STEPS, CFG = 20, 4.0
 CONCEPTS = ("circle", "square", "triangle", "background")  # EnfoqueConcepts for the concept maps
@@ -81,11 +82,11 @@ class Rig:
         return self.node("CLIPTextEncode", clip=self.pclip if patched else self.clip, text=text)[0]
 
     def patch(self, blocks: str = "all", reweight: str = "bias", keep_steps: bool = False,
-              keep_blocks: bool = False, concepts: bool = False, capture: bool = True):
+              keep_blocks: bool = False, concepts: bool = False, capture: bool = True, refine: str = "off"):
         extra = {"concepts": self.concepts} if concepts else {}
         out = self.node("EnfoquePatchModel", model=self.model, capture=capture, reweight=reweight, blocks=blocks,
                         start_percent=0.0, end_percent=1.0, keep_steps=keep_steps, keep_blocks=keep_blocks,
-                        **extra)
+                        refine=refine, **extra)
         return out[0], out[1]
 
     def sample(self, model, positive, negative, seed: int, batch: int):
@@ -165,6 +166,11 @@ class CaptionRun:
     joint: list[list[np.ndarray]] | None = None  # [block][step], when each block was run on its own
     concept_steps: list[np.ndarray] | None = None  # concept maps per step (all blocks): [B, concepts, h, w]
     concept_blocks: list[np.ndarray] | None = None  # concept maps per block (all steps)
+    refined: CaptionRun | None = None  # the same pictures' refined maps (Enfoque Patch Model's refine)
+
+    def view(self, kind: str) -> CaptionRun:
+        """This run's cross maps, or its refined maps in their place."""
+        return self if kind == "cross" else self.refined
 
     def setting_map(self, blocks: list[int], steps: range) -> np.ndarray | None:
         """The mean map over these blocks and steps (every block and step is called equally often)."""
@@ -186,11 +192,11 @@ def object_word_index(words: list[str], caption: str) -> list[tuple[int, int]]:
 
 def run_caption(rig: Rig, caption: str, seed: int, batch: int, negative, joint: bool = False,
                 concepts: bool = True) -> CaptionRun:
-    """Sample ``batch`` pictures of the caption with capture on (per step and per block); with ``joint``
-    each block is also run on its own, so that any block range and step window can be scored; with
-    ``concepts`` the concept maps too."""
+    """Sample ``batch`` pictures of the caption with capture on (per step and per block), the refined maps
+    too (refine changes nothing else); with ``joint`` each block is also run on its own, so that any block
+    range and step window can be scored; with ``concepts`` the concept maps too."""
     positive = rig.encode(caption)
-    model, probe = rig.patch(keep_steps=True, keep_blocks=True, concepts=concepts)
+    model, probe = rig.patch(keep_steps=True, keep_blocks=True, concepts=concepts, refine="self-attention")
     latent = rig.sample(model, positive, negative, seed, batch)
     images = rig.decode(latent)
     step_maps = [rig.maps(probe, latent, step=s).maps.numpy() for s in range(STEPS)]
@@ -203,18 +209,24 @@ def run_caption(rig: Rig, caption: str, seed: int, batch: int, negative, joint: 
                           for b in range(rig.n_blocks)]
         if list(rig.maps(probe, latent, kind="concept").words) != list(CONCEPTS):
             raise RuntimeError(f"map_quality: the concept maps are not labelled {CONCEPTS}")
-    per_block = None
+    refined_steps = [rig.maps(probe, latent, step=s, kind="refined").maps.numpy() for s in range(STEPS)]
+    refined_blocks = [rig.maps(probe, latent, block=b, kind="refined").maps.numpy() for b in range(rig.n_blocks)]
+    per_block = refined_joint = None
     if joint:
-        per_block = []
+        per_block, refined_joint = [], []
         for b in range(rig.n_blocks):
-            model_b, probe_b = rig.patch(blocks=str(b), keep_steps=True)
+            model_b, probe_b = rig.patch(blocks=str(b), keep_steps=True, refine="self-attention")
             latent_b = rig.sample(model_b, positive, negative, seed, batch)
             if not bool((latent_b["samples"] == latent["samples"]).all()):
                 raise RuntimeError("map_quality: capture changed the sampled latent")
             per_block.append([rig.maps(probe_b, latent_b, step=s).maps.numpy() for s in range(STEPS)])
+            refined_joint.append([rig.maps(probe_b, latent_b, step=s, kind="refined").maps.numpy()
+                                  for s in range(STEPS)])
     verdicts = [sd.judge(img, caption) for img in images]
-    return CaptionRun(caption, seed, images, [v[0] for v in verdicts], [v[1] for v in verdicts], list(words),
-                      step_maps, block_maps, per_block, concept_steps, concept_blocks)
+    ok, found = [v[0] for v in verdicts], [v[1] for v in verdicts]
+    refined = CaptionRun(caption, seed, images, ok, found, list(words), refined_steps, refined_blocks, refined_joint)
+    return CaptionRun(caption, seed, images, ok, found, list(words), step_maps, block_maps, per_block,
+                      concept_steps, concept_blocks, refined)
 
 
 # --------------------------------------------------------------------------- scores
@@ -477,11 +489,55 @@ def evaluate(rig: Rig, quick: bool = False, batch: int | None = None, seed: int 
         "existing": existing_images(rig, 4 if quick else 24,
                                     [(0.5, 4)] if quick else [(0.25, 4), (0.5, 1), (0.5, 4), (0.75, 4), (0.5, 8)],
                                     seed + 3, concepts=not quick),
+        "sharp": sharp_maps(rig, runs, sets, quick, seed + 4, batch, negative),
         "seconds": time.time() - t0,
         "batch": batch,
         "seed": seed,
     }
     return res
+
+
+def sharp_maps(rig: Rig, runs: list[CaptionRun], sets: dict[str, list[str]], quick: bool, seed: int, batch: int,
+               negative) -> dict:
+    """Step 16's tables (`sharpness`): cross and refined maps per setting on the token grid and guided by the
+    picture, the best setting per caption set, the documented setting (the best worst case over the sets),
+    and leakage on captions whose objects share a colour or a shape."""
+    two = [r for r in runs if len(r.caption.split()) > 3]
+    per_set = {name: [r for r in two if r.caption in caps] for name, caps in sets.items() if name != "single"}
+    grid, by_set = {}, {}
+    for kind in ("cross", "refined"):
+        views = [r.view(kind) for r in runs]
+        for bn, bl, wn, wr in settings(rig.n_blocks):
+            if quick and (bn, wn) != DEFAULT_SETTING:
+                continue
+            grid[(kind, bn, wn)] = sharpness.setting_scores(views, bl, wr, "bilinear")
+            for name, rs in per_set.items():
+                by_set[(name, kind, bn, wn)] = sharpness.setting_scores([r.view(kind) for r in rs], bl, wr,
+                                                                          "bilinear")
+    documented = {}
+    sets_out = {}
+    for kind in ("cross", "refined"):
+        keys = [(bn, wn) for (k, bn, wn) in grid if k == kind]
+        worst = {key: min(by_set[(name, kind, *key)]["shape_miou_otsu"] for name in per_set) for key in keys}
+        documented[kind] = max(keys, key=lambda key: np.nan_to_num(worst[key], nan=-1))
+        for name in per_set:
+            scores = {key: by_set[(name, kind, *key)] for key in keys}
+            b = sharpness.best(scores)
+            sets_out[(name, kind)] = {"best": b, "best_miou": scores[b]["shape_miou_otsu"],
+                                      "documented_miou": scores[documented[kind]]["shape_miou_otsu"]}
+    guided = {}
+    blocks_of = {bn: bl for bn, bl, _, _ in settings(rig.n_blocks)}
+    for kind in ("cross", "refined"):
+        for bn, wn in {DEFAULT_SETTING, documented[kind]}:
+            guided[(kind, bn, wn)] = sharpness.setting_scores([r.view(kind) for r in runs], blocks_of[bn],
+                                                              WINDOWS[wn], "guided")
+    leaks = {}
+    if not quick:
+        leak_runs = [run_caption(rig, c, seed, batch, negative, concepts=False) for c in sharpness.leakage_captions()]
+        for kind in ("cross", "refined"):
+            for cap_kind, v in sharpness.leakage([r.view(kind) for r in leak_runs]).items():
+                leaks[(cap_kind, kind)] = v
+    return {"grid": grid, "guided": guided, "sets": sets_out, "documented": documented, "leakage": leaks}
 
 
 def tables(res: dict) -> str:
@@ -526,6 +582,7 @@ def tables(res: dict) -> str:
     s = res["stock_vs_patched"]
     lines += ["", f"(d) stock CLIP vs EnfoquePatchCLIP encodes: {s['words_compared']} word maps compared, "
               f"max |difference| {s['max_abs_difference']:.3g}"]
+    lines += sharpness.tables(res["sharp"])
     return "\n".join(lines)
 
 
@@ -554,7 +611,10 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps({**res, "maps": {f"{b} | {w}": v for (b, w), v in res["maps"].items()},
                                      "existing": {f"noise {n} | repeats {r}": v for (n, r), v in res["existing"].items()},
                                      "concepts_generated": {f"{b} | {w}": v for (b, w), v
-                                                            in res["concepts_generated"].items()}},
+                                                            in res["concepts_generated"].items()},
+                                     "sharp": {part: {k if isinstance(k, str) else " | ".join(map(str, k)): v
+                                                      for k, v in table.items()}
+                                               for part, table in res["sharp"].items()}},
                                     indent=1))
     return 0
 

@@ -1,6 +1,8 @@
 """Sampling benchmark: an SD3-architecture model through ComfyUI's KSampler,
-unpatched vs EnfoquePatchModel capturing all tokens, 8 words, reweighting, and
-capturing all tokens plus 4 concepts (EnfoqueConcepts: concept maps).
+unpatched vs EnfoquePatchModel capturing all tokens, 8 words, reweighting,
+capturing all tokens plus 4 concepts (EnfoqueConcepts: concept maps), and capturing
+all tokens with refined maps (refine self-attention), and two regions (Enfoque Region, capture off)
+beside the patched model without them.
 
     .venv/bin/python benchmarks/sampling_bench.py                 # depth 8, 512 px (1024 image tokens), 20 steps
     .venv/bin/python benchmarks/sampling_bench.py --steps 4 --depth 4 --rounds 1   # quick look
@@ -51,7 +53,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ["unpatched", "capture_all", "capture_8_words", "reweight_bias", "reweight_scale", "concepts_4"]
+CONFIGS = ["unpatched", "capture_all", "capture_8_words", "reweight_bias", "reweight_scale", "concepts_4",
+           "capture_all_refined", "regions_2", "patched_no_region"]
 BACKEND_FLAGS = {
     "pytorch": ["--use-pytorch-cross-attention"],
     "default": [],
@@ -130,11 +133,20 @@ class Session:
         if config.startswith("reweight"):
             layout = layout.with_weights({1: 1.5, 2: 1.5, 5: 0.5})
         pos = [[t, {**d, tokens.LAYOUT_KEY: layout}] for t, d in self.pos]
+        if config == "regions_2":  # two regions (Enfoque Region): w1..w3 on the left half, w4..w6 on the right
+            left = torch.zeros(1, args.size, args.size)
+            left[..., : args.size // 2] = 1.0
+            for words, mask in (("w1, w2, w3", left), ("w4, w5, w6", 1.0 - left)):
+                pos = h.run("EnfoqueRegion", conditioning=pos, mask=mask, words=words, strength=1.0,
+                            start_percent=0.0, end_percent=1.0)[0]
         if config != "unpatched":
             words = ",".join(f"w{i}" for i in range(1, 9)) if config == "capture_8_words" else ""
             mode = {"reweight_bias": "bias", "reweight_scale": "scale"}.get(config, "bias")
             extra = {"concepts": self.concepts} if config == "concepts_4" else {}
-            model = h.run("EnfoquePatchModel", model=model, capture=not config.startswith("reweight"), reweight=mode,
+            if config == "capture_all_refined":  # refined maps as well (Step 16)
+                extra["refine"] = "self-attention"
+            capture = not config.startswith(("reweight", "regions", "patched"))
+            model = h.run("EnfoquePatchModel", model=model, capture=capture, reweight=mode,
                           blocks="all", start_percent=0.0, end_percent=1.0, capture_words=words, **extra)[0]
 
         def sample(k: int):
@@ -177,11 +189,11 @@ def table(args, model: str, variant: str, configs: list[str], best: dict) -> lis
         f"{'SD3.5-medium-like' if model == 'sd35m' else 'SD3-architecture'} depth {depth}, {tokens} image + "
         f"154 text tokens, {args.steps} steps, cfg batch 2, {args.device} ({base['device_name']}), attention "
         f"backend {base['backend']}{how}, {'one process, ' if args.in_process else ''}best of {args.rounds}",
-        f"{'config':<16} {'seconds':>8} {'x unpatched':>12} {memory + ' MB':>24} {'+MB':>7}",
+        f"{'config':<20} {'seconds':>8} {'x unpatched':>12} {memory + ' MB':>24} {'+MB':>7}",
     ]
     for c in configs:
         r = best[(model, variant, c)]
-        lines.append(f"{c:<16} {r['seconds']:8.2f} {r['seconds'] / base['seconds']:12.3f} {r['peak'] / 2**20:24.0f} "
+        lines.append(f"{c:<20} {r['seconds']:8.2f} {r['seconds'] / base['seconds']:12.3f} {r['peak'] / 2**20:24.0f} "
                      f"{(r['peak'] - base['peak']) / 2**20:7.0f}{'' if r['finite'] else '  (non-finite output)'}")
     return lines
 

@@ -7,6 +7,7 @@ from .concepts import EnfoqueConcepts, EnfoqueImageMaps
 from .files import EnfoqueLoadAttentionMaps, EnfoqueSaveAttentionMaps
 from .model import EnfoqueAttentionMaps, EnfoquePatchModel
 from .pictures import EnfoqueHeatmaps, EnfoqueMapsToMask
+from .regions import EnfoqueRegion
 from .text import EnfoquePatchCLIP, EnfoqueTextAttentionMaps, EnfoqueTokenWeights
 
 
@@ -24,4 +25,5 @@ class EnfoqueExtension(ComfyExtension):
             EnfoqueLoadAttentionMaps,
             EnfoqueConcepts,
             EnfoqueImageMaps,
+            EnfoqueRegion,
         ]

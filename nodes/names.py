@@ -21,6 +21,7 @@ DISPLAY_NAMES = {
     "EnfoqueLoadAttentionMaps": "Enfoque Load Attention Maps",
     "EnfoqueConcepts": "Enfoque Concepts",
     "EnfoqueImageMaps": "Enfoque Image Maps",
+    "EnfoqueRegion": "Enfoque Region",
 }
 
 PATCH_MODEL = DISPLAY_NAMES["EnfoquePatchModel"]
@@ -34,6 +35,7 @@ SAVE_MAPS = DISPLAY_NAMES["EnfoqueSaveAttentionMaps"]
 LOAD_MAPS = DISPLAY_NAMES["EnfoqueLoadAttentionMaps"]
 CONCEPTS = DISPLAY_NAMES["EnfoqueConcepts"]
 IMAGE_MAPS = DISPLAY_NAMES["EnfoqueImageMaps"]
+REGION = DISPLAY_NAMES["EnfoqueRegion"]
 
 # the socket type of each probe, and the node whose probe it is (the frontend names a refused link by it)
 PROBE_SOCKETS = {"ENFOQUE_MODEL_PROBE": "EnfoquePatchModel", "ENFOQUE_CLIP_PROBE": "EnfoquePatchCLIP"}
@@ -91,5 +93,10 @@ DESCRIPTIONS = {
     "EnfoqueLoadAttentionMaps": (
         f"Loads attention maps saved by {SAVE_MAPS} from ComfyUI's input folder "
         "(subfolders included): .safetensors, .npz, or the .json sidecar of a PNG set."
+    ),
+    "EnfoqueRegion": (
+        "Confines words of a prompt to a mask, inside the diffusion model's attention: outside the mask the "
+        f"image does not attend to them (strength 1), so what they describe is drawn inside it. Needs a model "
+        f"patched by {PATCH_MODEL}; chain several regions, on the negative prompt too."
     ),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -9,15 +10,19 @@ from comfy_api.latest import io, ui
 
 from ..attention.colormaps import COLORMAPS
 from ..attention.frames import FramedMaps
-from ..attention.maps import AttentionMaps, select, to_mask
+from ..attention.maps import AttentionMaps, resize, select, to_mask
 from ..attention.render import heatmap_panels, titled
+from ..attention.upsample import UPSCALE, guided
 from .common.errors import check_option, in_node
+from .common.notify import notify
 from .common.previews import chips
 from .names import ATTENTION_MAPS, HEATMAPS, MAPS_TO_MASK, PATCH_MODEL
 from .sockets import MAPS_FROM, Maps, check_maps, schema
 
 HEATMAP_NORMALISATIONS = ["minmax", "text", "softmax", "none"]
 OVER = ["mean", "steps", "blocks", "frames"]
+log = logging.getLogger(__name__)
+
 MAX_FRAMES_BYTES = 2 * 2**30  # the IMAGE batch of every frame together (float32)
 MAX_SIZE = 16384
 SIZE_TIP = ("0 = the image size recorded in the maps (else the map size). With only one of width/height "
@@ -46,20 +51,29 @@ class EnfoqueHeatmaps(io.ComfyNode):
                                f"(needs keep_steps on {PATCH_MODEL}); blocks: one per block (needs keep_blocks); "
                                "frames: one per latent frame of a video model (Wan). Each picture is captioned with "
                                "the step and its sigma, the block or the frame; images of a batch sit side by side."),
+                io.Combo.Input("upscale", options=list(UPSCALE), default="bilinear", optional=True,
+                               tooltip="How the maps reach the picture's size: bilinear (smooth, the token grid's "
+                               "blocks show), or guided by the picture's own edges (needs the image input)."),
             ],
             outputs=[io.Image.Output(display_name="image")],
             is_output_node=True,  # shows its picture (and the word chips) with nothing attached
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(
-        cls, maps, colormap, opacity, normalisation, columns, image=None, over="mean"
+        cls, maps, colormap, opacity, normalisation, columns, image=None, over="mean", upscale="bilinear"
     ) -> io.NodeOutput:
         node = HEATMAPS
         maps = check_maps(maps, node)
         check_option(node, "colormap", colormap, COLORMAPS)
         check_option(node, "normalisation", normalisation, HEATMAP_NORMALISATIONS)
         check_option(node, "over", over, OVER)
+        check_option(node, "upscale", upscale, UPSCALE)
+        if upscale == "guided" and image is None:
+            say(node, cls.hidden.unique_id if cls.hidden else None, "upscale guided needs the picture (the image "
+                "input) to follow its edges; the maps are drawn bilinear. Connect the image, or set upscale to "
+                "bilinear.")
         if len(maps.words) == 0:
             raise ValueError(
                 f"{node}: the maps hold no words (an empty prompt or an empty selection); give the prompt some "
@@ -71,6 +85,7 @@ class EnfoqueHeatmaps(io.ComfyNode):
             "opacity": float(opacity),
             "normalisation": normalisation,
             "columns": int(columns) if int(columns) > 0 else None,
+            "upscale": upscale,
         }
         try:
             picture = heatmap_panels(maps, **draw) if over == "mean" else frame_pictures(maps, over, node, draw)
@@ -134,6 +149,24 @@ def _mask_size(maps: AttentionMaps, width: int, height: int, node: str) -> tuple
     return mh, mw
 
 
+def guide_at(image, size: tuple[int, int], node: str, node_id: str | None) -> torch.Tensor:
+    """The picture as the guide of a mask of ``size``: resized (with a notice) where it has another size."""
+    img = torch.as_tensor(image).detach().to("cpu", torch.float32)
+    img = img if img.ndim == 4 else img[None]
+    if tuple(img.shape[1:3]) != tuple(size):
+        say(node, node_id, f"the image is {img.shape[2]}x{img.shape[1]} px and the maps' picture "
+            f"{size[1]}x{size[0]}; the image was resized to guide the mask. Connect the picture the maps were "
+            "made of (or set width and height to its size).")
+        img = resize(img.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1).clamp(0.0, 1.0)
+    return img
+
+
+def say(node: str, node_id: str | None, text: str) -> None:
+    """A notice in the log and on the node."""
+    log.warning("%s: %s", node, text)
+    notify(node_id, f"{node}: {text}")
+
+
 class EnfoqueMapsToMask(io.ComfyNode):
     """A MASK where the chosen words are attended (for inpainting, regional prompts, compositing)."""
 
@@ -151,13 +184,17 @@ class EnfoqueMapsToMask(io.ComfyNode):
                              tooltip=f"Mask width; {SIZE_TIP}"),
                 io.Int.Input("height", default=0, min=0, max=MAX_SIZE, step=1, optional=True,
                              tooltip=f"Mask height; {SIZE_TIP}"),
+                io.Image.Input("image", optional=True,
+                               tooltip="The picture the maps are of: the mask then follows its edges (the maps "
+                               "are upsampled guided by it). Resized to the mask's size if it differs."),
             ],
             outputs=[io.Mask.Output(display_name="mask")],
             is_output_node=True,  # shows its mask with nothing attached
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def execute(cls, maps, words, threshold, width=0, height=0) -> io.NodeOutput:
+    def execute(cls, maps, words, threshold, width=0, height=0, image=None) -> io.NodeOutput:
         node = MAPS_TO_MASK
         maps = check_maps(maps, node)
         t = float(threshold)
@@ -171,8 +208,12 @@ class EnfoqueMapsToMask(io.ComfyNode):
             raise in_node(node, exc, "Pick words from these, or leave words empty for all of them.") from exc
         if len(chosen.words) == 0:
             raise ValueError(f"{node}: the maps hold no words (an empty prompt?); give the prompt some words.")
+        resample = None
+        if image is not None:
+            guide = guide_at(image, size, node, cls.hidden.unique_id if cls.hidden else None)
+            resample = lambda m, _size: guided(m, guide)  # noqa: E731
         try:
-            mask = to_mask(chosen, threshold=t, size=size)
+            mask = to_mask(chosen, threshold=t, size=size, resample=resample)
         except ValueError as exc:
             raise in_node(node, exc) from exc
         return io.NodeOutput(mask, ui=ui.PreviewMask(mask, cls=cls))

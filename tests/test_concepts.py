@@ -214,7 +214,7 @@ def test_concepts_only_in_chosen_blocks_and_budget(comfy, tiny_dir):
     ksample(comfy, patched, pos, neg, cfg)
     assert sorted(probe.result.concept_block_maps[("positive", 0)]) == [1]
     patched, probe = patch(comfy, model, concepts=concepts, budget_mb=1.0)
-    with pytest.raises(ValueError, match="tokens and concepts .* over the budget of 1 MB"):
+    with pytest.raises(ValueError, match="token maps and concepts .* over the budget of 1 MB"):
         latent = comfy.run("EmptySD3LatentImage", width=1024, height=1024, batch_size=1)[0]
         comfy.run("KSampler", model=patched, seed=1, steps=1, cfg=cfg, sampler_name="euler", scheduler="simple",
                   positive=pos, negative=neg, latent_image=latent, denoise=1.0)

@@ -332,8 +332,12 @@ def test_layout_matches_comfy_tokenizer_ids(comfy, tiny_dir, name):
         assert lay.template, "the chat template's tokens are kept"
     # the maps and weights leave the template out; the word list never has template words
     assert not {p for s in lay.spans for p in s} & set(lay.template)
-    route = comfy.submodule("nodes.model_patch.conditionings").capture_columns(lay, ())
-    assert not set(route) & set(lay.template)
+    # the template's tokens are captured under their own label only (<template>: their maps on request,
+    # their share of the attention in the maps' metadata), never as part of a word
+    route, _ = comfy.submodule("nodes.model_patch.conditionings").capture_columns(lay, ())
+    labels, spans = lay.labelled_spans()
+    assert set(route) >= set(lay.template) and labels[len(lay.words):].count("<template>") == (1 if lay.template else 0)
+    assert not {p for s in spans[: len(lay.words)] for p in s} & set(lay.template)
 
 
 @pytest.mark.parametrize("name", ["flux2", "qwen_image", "z_image"])

@@ -382,11 +382,12 @@ def test_valid_long_strings_live(server):
 
 @pytest.mark.server
 def test_budget_refusal_live(server):
-    """7 words x 64 images x a 32x32 grid need 2 MB of running sums: refused before sampling starts."""
+    """10 token maps (7 words, the start, end and padding tokens) x 64 images x a 32x32 grid need 2.5 MB of
+    running sums: refused before sampling starts."""
     g = changed(graph(seed=next(_seeds)), "7", budget_mb=1.0)
     g["8"]["inputs"].update(width=512, height=512, batch_size=64)
     t0 = time.perf_counter()
-    expect_error(server, g, "KSampler", "capturing 7 tokens for 64 image(s) on a 32x32 grid needs 2 MB, "
+    expect_error(server, g, "KSampler", "capturing 10 token maps for 64 image(s) on a 32x32 grid needs 2 MB, "
                  "over the budget of 1 MB; raise budget_mb", owner="EnfoquePatchModel")
     assert time.perf_counter() - t0 < 20  # (sampling 64 images at 512 px would take minutes here)
 

@@ -53,7 +53,7 @@ def test_nodes_are_registered_with_contract_inputs(comfy):
     assert set(NODE_IDS) <= comfy.node_ids
     heat = comfy.node("EnfoqueHeatmaps").INPUT_TYPES()
     assert list(heat["required"]) == ["maps", "colormap", "opacity", "normalisation", "columns"]
-    assert list(heat["optional"]) == ["image", "over"]  # new inputs go last: old widget values keep their places
+    assert list(heat["optional"]) == ["image", "over", "upscale"]  # new inputs go last: old widget values stay
     assert heat["optional"]["over"][1]["options"] == ["mean", "steps", "blocks", "frames"]  # frames: Step 13 (video)
     assert heat["optional"]["over"][1]["default"] == "mean"
     assert heat["required"]["maps"][0] == "ENFOQUE_MAPS"
@@ -63,7 +63,7 @@ def test_nodes_are_registered_with_contract_inputs(comfy):
     assert heat["required"]["columns"][1]["default"] == 0
     mask = comfy.node("EnfoqueMapsToMask").INPUT_TYPES()
     assert list(mask["required"]) == ["maps", "words", "threshold"]
-    assert list(mask["optional"]) == ["width", "height"]
+    assert list(mask["optional"]) == ["width", "height", "image"]
     save = comfy.node("EnfoqueSaveAttentionMaps")
     st = save.INPUT_TYPES()["required"]
     assert st["filename_prefix"][1]["default"] == "enfoque/maps"

@@ -145,14 +145,14 @@ def test_plan_of_a_dit_call_with_too_few_queries_says_so(pieces, caplog):
 
 
 def test_region_of_an_area(pieces, caplog):
-    region_for, log = pieces.plan.region_for, pieces.run.run_log()
-    Region = pieces.types.Region
-    assert region_for((12, 16, 0, 0), (12, 16), 1, (12, 16), "c", log) is None
-    assert region_for((12, 8, 0, 8), (12, 16), 1, (12, 16), "c", log) == Region(0, 8, 12, 8)
-    assert region_for((12, 99, 0, 8), (12, 16), 1, (12, 16), "c", log) == Region(0, 8, 12, 8)  # clamped as ComfyUI
-    assert region_for((6, 8, 4, 8), (12, 16), 2, (6, 8), "c", log) == Region(2, 4, 3, 4)
+    area_for, log = pieces.plan.area_for, pieces.run.run_log()
+    Area = pieces.types.Area
+    assert area_for((12, 16, 0, 0), (12, 16), 1, (12, 16), "c", log) is None
+    assert area_for((12, 8, 0, 8), (12, 16), 1, (12, 16), "c", log) == Area(0, 8, 12, 8)
+    assert area_for((12, 99, 0, 8), (12, 16), 1, (12, 16), "c", log) == Area(0, 8, 12, 8)  # clamped as ComfyUI
+    assert area_for((6, 8, 4, 8), (12, 16), 2, (6, 8), "c", log) == Area(2, 4, 3, 4)
     with caplog.at_level(logging.WARNING):
-        assert region_for((6, 8, 3, 8), (12, 16), 2, (6, 8), "c", log) == Region(1, 4, 3, 4)
+        assert area_for((6, 8, 3, 8), (12, 16), 2, (6, 8), "c", log) == Area(1, 4, 3, 4)
     assert any("not on the 2x2 patch grid" in r.getMessage() for r in caplog.records)
 
 

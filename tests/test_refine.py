@@ -18,8 +18,11 @@ from helpers import patch
 from test_families import _release_models as _release_families  # noqa: F401
 from test_families import fam, text_place
 from test_families import ksample as fam_ksample
-from test_model_probe import _release_models  # noqa: F401
-from test_model_probe import family, ksample
+from test_model_probe import (
+    _release_models,  # noqa: F401
+    family,
+    ksample,
+)
 
 pytestmark = pytest.mark.host
 

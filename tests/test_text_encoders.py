@@ -108,7 +108,8 @@ def test_empty_prompt_and_escaped_parentheses(comfy):
     clip = tiny_models.clip_sd3()
     c, _ = patched(comfy, clip)
     empty = encode(comfy, c, "")[0][1]["enfoque_layout"]
-    assert empty.words == () and len(empty.special) == empty.context_length
+    specials = {p for kinds in empty.specials.values() for ps in kinds.values() for p in ps}
+    assert empty.words == () and specials == set(range(empty.context_length))
     nested = encode(comfy, c, r"a ((big:1.2) \(red\) cat:1.5)")[0][1]["enfoque_layout"]
     assert [w for w in nested.words] == ["a", "big", "red", "cat"]
     big = nested.spans[1]

@@ -149,3 +149,60 @@ def test_what_selects_nothing_is_refused_everywhere(comfy, tiny_dir, spelling):
         comfy.run("EnfoqueMapsToMask", maps=every, words=spelling, threshold=0.5)
     with pytest.raises(ValueError, match="Enfoque Token Weights: .* in weights is not a word of the prompt"):
         comfy.run("EnfoqueTokenWeights", conditioning=pos, weights=f"{spelling}:2")
+
+
+# --------------------------------------------------------------------------- special tokens
+
+
+def test_special_tokens_on_request(comfy, tiny_dir):
+    """<start>, <end>, <pad> (each encoder's, or one's: <end:t5xxl>) give those tokens' maps; they are
+    captured with the words but never among them, an encoder's padding kept as one map (the mean of its
+    tokens'), and their share of the image's text attention is in the maps' metadata (and every export).
+    The reference: the same prompt encoded by the stock CLIP (every context position a map of its own,
+    ``#p``), sampled with the same seed (the picture is the same)."""
+    probe, out, _ = sampled(comfy, tiny_dir)
+    every = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="")[0]
+    assert every.words == WORDS and not any(w.startswith("<") for w in every.words)
+    stock_pos = comfy.run("CLIPTextEncode", clip=tiny_models.clip_sd3(), text=PROMPT)[0]
+    model, stock_probe = comfy.run("EnfoquePatchModel", model=_cache["model"], capture=True, reweight="bias",
+                                   blocks="all", start_percent=0.0, end_percent=1.0)
+    latent = comfy.run("EmptySD3LatentImage", width=64, height=64, batch_size=1)[0]
+    stock_out = comfy.run("KSampler", model=model, seed=1, steps=1, cfg=2.0, sampler_name="euler",
+                          scheduler="simple", positive=stock_pos, negative=_cache["neg"], latent_image=latent,
+                          denoise=1.0)[0]
+    assert torch.equal(stock_out["samples"], out["samples"])
+    per_position = comfy.run("EnfoqueAttentionMaps", probe=stock_probe, latent=stock_out, words="")[0]  # #0 .. #153
+    # SD3: CLIP-L and CLIP-G share positions 0..76, T5 follows at 77; where the end tokens are, ComfyUI's
+    # own tokenizer says (CLIP-L pads with its end token: its first one is the end, CLIP-G pads with id 0)
+    tokens = tiny_models.clip_sd3().tokenize(PROMPT)
+    clip_end = [t for t, *_ in tokens["l"][0]].index(49407)
+    t5_end = 77 + [t for t, *_ in tokens["t5xxl"][0]].index(1)
+    clip_pad, t5_pad = list(range(clip_end + 1, 77)), list(range(t5_end + 1, 77 + len(tokens["t5xxl"][0])))
+    # item -> the positions of each special label it selects (an item's map: the mean of its labels' maps)
+    expected = {"<start>": [[0], [0]], "<end:l>": [[clip_end]], "<end:t5xxl>": [[t5_end]], "<pad:g>": [clip_pad],
+                "<pad>": [clip_pad, clip_pad, t5_pad]}
+    got = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words=", ".join(expected))[0]
+    assert got.words == list(expected)
+    ref = per_position.maps[0]
+    for k, labels in enumerate(expected.values()):
+        per_label = [ref[positions].mean(0) for positions in labels]
+        torch.testing.assert_close(got.maps[0, k], torch.stack(per_label).mean(0), rtol=0, atol=1e-6)
+    share = every.meta["special_share"]
+    assert set(share) == {"<start>", "<end>", "<pad>"}  # no chat template in CLIP and T5
+    mass = ref.double().sum(dim=(1, 2))  # per context position
+    assert share["<start>"] == pytest.approx(float(mass[0] / mass.sum()), abs=1e-5)
+    assert share["<end>"] == pytest.approx(float(mass[[clip_end, t5_end]].sum() / mass.sum()), abs=1e-5)
+    assert share["<pad>"] == pytest.approx(float(mass[clip_pad + t5_pad].sum() / mass.sum()), abs=1e-5)
+    # the padding is one kept map per encoder, not hundreds
+    assert len(probe.result.routes[("positive", 0)].groups) == len(probe.result.maps[("positive", 0)][0])
+    assert probe.result.maps[("positive", 0)].shape[1] < 77
+    with pytest.raises(ValueError, match="'<start:t5xxl>' in words is not a captured word"):  # T5 has no start
+        comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="<start:t5xxl>")
+    only_cat, out_cat, _ = sampled(comfy, tiny_dir, capture_words="cat")
+    with pytest.raises(ValueError, match="'<end>' in words is not a captured word of the prompt; captured words: "
+                                         "cat"):
+        comfy.run("EnfoqueAttentionMaps", probe=only_cat, latent=out_cat, words="<end>")
+    saved = comfy.run("EnfoqueSaveAttentionMaps", maps=every, filename_prefix="rule/special", format="safetensors")
+    (entry,) = saved.ui["enfoque_files"]
+    back = comfy.submodule("attention.export").load(comfy.output_dir / entry["subfolder"] / entry["filename"])
+    assert back.meta["special_share"] == share

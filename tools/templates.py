@@ -66,7 +66,7 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "EnfoqueTokenWeights": ([("conditioning", "CONDITIONING")], [("CONDITIONING", "CONDITIONING")]),
     "EnfoqueAttentionMaps": ([("probe", "ENFOQUE_MODEL_PROBE"), ("latent", "LATENT")], [("maps", "ENFOQUE_MAPS")]),
     "EnfoqueHeatmaps": ([("maps", "ENFOQUE_MAPS"), ("image", "IMAGE")], [("image", "IMAGE")]),
-    "EnfoqueMapsToMask": ([("maps", "ENFOQUE_MAPS")], [("mask", "MASK")]),
+    "EnfoqueMapsToMask": ([("maps", "ENFOQUE_MAPS"), ("image", "IMAGE")], [("mask", "MASK")]),
     "EnfoqueSaveAttentionMaps": ([("maps", "ENFOQUE_MAPS")], []),
 }
 
@@ -300,7 +300,7 @@ def look_nodes(words: str, stem: str, mask_word: str = "", over: str = "mean") -
         Node("decode", "VAEDecode", [], "Look", 0),
         Node("save", "SaveImage", [f"enfoque/{stem}"], "Look", 0),
         Node("maps", "EnfoqueAttentionMaps", [words, "positive", 0, -1, -1, "cross"], "Look", 1),
-        Node("heat", "EnfoqueHeatmaps", ["viridis", 0.6, "minmax", 0, over], "Look", 1,
+        Node("heat", "EnfoqueHeatmaps", ["viridis", 0.6, "minmax", 0, over, "bilinear"], "Look", 1,
              title=None if over == "mean" else f"Enfoque Heatmaps (one per {over[:-1]})"),
     ]
     links = [
@@ -329,7 +329,7 @@ def plain_look(save: Node, maps_widgets: list, maps_title: str | None = None,
         Node("decode", "VAEDecode", [], "Look", 0),
         save,
         Node("maps", "EnfoqueAttentionMaps", maps_widgets, "Look", 1, title=maps_title),
-        Node("heat", "EnfoqueHeatmaps", ["viridis", 0.6, "minmax", 0, "mean"], "Look", 1),
+        Node("heat", "EnfoqueHeatmaps", ["viridis", 0.6, "minmax", 0, "mean", "bilinear"], "Look", 1),
     ]
     links = [
         ("sampler", "LATENT", "decode", "samples"),
@@ -360,7 +360,8 @@ def wiring(model: tuple[str, str], clip: tuple[str, str], vae: tuple[str, str], 
 
 
 def patch_model(keep_steps: bool = False) -> Node:
-    return Node("pmodel", "EnfoquePatchModel", [True, "bias", "all", 0.0, 1.0, False, "", 1024.0, keep_steps, False],
+    return Node("pmodel", "EnfoquePatchModel", [True, "bias", "all", 0.0, 1.0, False, "", 1024.0, keep_steps, False,
+                                                "off"],
                 "Sample", 0)
 
 
@@ -653,9 +654,9 @@ def shapes_explain() -> Template:
         patch_model(),
         Node("encode", "VAEEncode", [], "Sample", 1),
         Node("explain", "EnfoqueImageMaps", [0.5, 4, 0, "fixed"], "Sample", 1),
-        Node("heat", "EnfoqueHeatmaps", ["viridis", 0.6, "minmax", 0, "mean"], "Look", 0,
+        Node("heat", "EnfoqueHeatmaps", ["viridis", 0.6, "minmax", 0, "mean", "bilinear"], "Look", 0,
              title="Enfoque Heatmaps (words)"),
-        Node("cheat", "EnfoqueHeatmaps", ["viridis", 0.6, "minmax", 0, "mean"], "Look", 1,
+        Node("cheat", "EnfoqueHeatmaps", ["viridis", 0.6, "minmax", 0, "mean", "bilinear"], "Look", 1,
              title="Enfoque Heatmaps (concepts)"),
     ]
     links = [

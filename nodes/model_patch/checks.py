@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterable
 
 from ...attention.formats import brief
-from ...attention.selection import parse_items
+from ...attention.selection import parse_items, picked
 from ..common.errors import not_a_word
 from ..names import PATCH_CLIP
 from ..names import PATCH_MODEL as NODE
@@ -41,7 +41,8 @@ def check_capture_words(config: ProbeConfig, routes: Iterable[Route]) -> None:
     positive = [r.layout for r in routes if r.role == "positive"]
     if not config.capture or not config.capture_words or not positive:
         return
-    missing = [w for w in config.capture_words if not any(lay.find(w) for lay in positive)]
+    missing = [w for w in config.capture_words
+               if not any(picked(lay.labelled_spans()[0], item) for lay in positive for item in parse_items(w))]
     if not missing:
         return
     if not all(lay.labelled for lay in positive):
@@ -62,10 +63,10 @@ def capture_words(text: str) -> tuple[str, ...]:
 
 def capture_bytes(config: ProbeConfig, routes: Iterable[Route], images: int, grid: tuple[int, int], steps: int,
                   blocks: int, concepts: int = 0) -> tuple[int, int]:
-    """(captured tokens, bytes) the running sums of a run take: float32 ``[images, tokens, H, W]``, once
+    """(kept token maps, bytes) the running sums of a run take: float32 ``[images, maps, H, W]``, once
     for the mean and once more per kept step / block; refined maps count each token twice, concept maps as
     ``concepts`` more tokens per captured prompt."""
-    tokens = sum(len(r.columns) * (2 if config.refines else 1) + concepts for r in routes if config.captures(r.role))
+    tokens = sum(len(r.groups) * (2 if config.refines else 1) + concepts for r in routes if config.captures(r.role))
     copies = 1 + (steps if config.keep_steps else 0) + (blocks if config.keep_blocks else 0)
     return tokens, images * tokens * grid[0] * grid[1] * 4 * copies
 
@@ -78,7 +79,7 @@ def check_budget(config: ProbeConfig, routes: Iterable[Route], images: int, grid
     tokens, need = capture_bytes(config, routes, images, grid, steps, blocks, concepts)
     if need > config.budget_bytes:
         raise ValueError(
-            f"{NODE}: capturing {tokens} tokens{' and concepts' if concepts else ''} for {images} image(s) on a "
+            f"{NODE}: capturing {tokens} token maps{' and concepts' if concepts else ''} for {images} image(s) on a "
             f"{grid[0]}x{grid[1]} grid needs {need / 2**20:.0f} MB, over the budget of {config.budget_mb:.0f} MB; "
             "raise budget_mb, capture fewer words (capture_words) or use a smaller batch"
         )

@@ -17,15 +17,32 @@ from typing import Any
 
 from ...attention.layout import LAYOUT_KEY, TokenLayout
 from ...attention.oncelog import OnceLog
+from ...attention.selection import parse_items, picked
+from .regions import REGIONS_KEY
 from .state import ProbeConfig, Route
 
 
-def capture_columns(layout: TokenLayout, capture_words: tuple[str, ...]) -> list[int]:
-    """Context positions to capture: those of the words ``capture_words`` selects (all words when empty,
-    or when it selects none of this prompt's words)."""
-    if not capture_words:
-        return layout.positions()
-    return layout.positions_of(layout.find(", ".join(capture_words))) or layout.positions()
+def capture_columns(layout: TokenLayout, capture_words: tuple[str, ...]) -> tuple[list[int], tuple[tuple[int, ...], ...]]:
+    """Context positions to capture, and how they are kept: the positions of the words ``capture_words``
+    selects (`selection`'s rule, with ``<start>`` and the like), or, when it is empty or selects none of this
+    prompt's words, every word and every start, end, padding and template token (their maps on request,
+    their share of the attention in the maps' metadata).
+
+    Each position is kept as a map of its own, but an encoder's padding, which can be hundreds of tokens,
+    is kept as one map, their mean: the groups are tuples of indices into the positions."""
+    labels, spans = layout.labelled_spans()
+    chosen = list(range(len(labels)))
+    if capture_words:
+        items = parse_items(", ".join(capture_words))
+        picks = list(dict.fromkeys(i for item in items for i in picked(labels, item)))
+        chosen = picks or chosen
+    columns: dict[int, int] = {}
+    groups: dict[tuple[int, ...], None] = {}
+    for i in chosen:
+        cols = tuple(columns.setdefault(p, len(columns)) for p in spans[i])
+        for g in ([cols] if labels[i].startswith(("<pad:", "<other:")) else [(c,) for c in cols]):
+            groups.setdefault(g, None)
+    return list(columns), tuple(groups)
 
 
 def fitted_layout(layout: TokenLayout | None, length: int, name: str, log: OnceLog) -> TokenLayout:
@@ -64,5 +81,6 @@ def build_routes(conds: dict[str, list[dict]], config: ProbeConfig, log: OnceLog
                 continue
             length = int(cross.shape[1])
             layout = fitted_layout(c.get(LAYOUT_KEY), length, name, log)
-            routes[c["uuid"]] = Route(role, i, layout, capture_columns(layout, config.capture_words), length)
+            columns, groups = capture_columns(layout, config.capture_words)
+            routes[c["uuid"]] = Route(role, i, layout, columns, length, tuple(c.get(REGIONS_KEY, ())), groups)
     return routes

@@ -14,6 +14,7 @@ then gets its normaliser from one fused kernel call over the captured rows
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -21,6 +22,7 @@ import torch
 from ...attention.concepts import concept_attention, concept_scores
 from ...attention.engine import attend, from_bhnd, sdpa_mask, to_bhnd
 from ...attention.refine import refine
+from ...attention.regions import attend_split
 from ...attention.sdpa import additive_mask
 from ..common.clones import SharedByClones
 from ..common.sdpa import fused_route, is_stock_sdpa, one_sdpa_call
@@ -114,6 +116,10 @@ class AttentionOverride(SharedByClones):
         captures = plan.captures if state.capture else []
         # an outer EnfoquePatchModel already applied the prompt's weights (they are on mask/v): not twice
         reweight = None if options.get(_REWEIGHTED) else plan.reweight
+        n_img = plan.query_range[1] - plan.query_range[0]
+        regions = [] if options.get(_REWEIGHTED) else run.region_biases(plan, state, n_img, q.device)
+        if regions:
+            return self._regions(call, state, plan, site, regions, reweight, captures, func)
         if not captures and reweight is None:
             return self._next(func, args, kwargs)
         marked = {**options, _REWEIGHTED: True} if reweight is not None and "transformer_options" in kwargs else None
@@ -138,6 +144,27 @@ class AttentionOverride(SharedByClones):
                 refined = self._refined(call, state, plan, maps, site)
                 if refined is not None:
                     run.record(plan, refined, 1, state.step, site.block, refined=True)
+        return out
+
+    def _regions(self, call: AttentionCall, state: CallState, plan, site: Site, regions: list, reweight, captures,
+                 func):
+        """An attention call with Enfoque Region's biases: the split attention of `attention.regions` (its
+        output, not the backend's, whatever the backend), with its maps."""
+        if self.previous is not None or not is_stock_sdpa(func):
+            state.run.log.once(("region-route",), "attention calls with a region (Enfoque Region) are computed by "
+                               "Enfoque's own exact attention, not by the attention backend or override in use",
+                               level=logging.INFO)
+        out, maps = attend_split(call.q, call.k, call.v, call.heads, text=plan.text_range,
+                                 image_queries=plan.query_range, biases=regions, mask=call.mask,
+                                 skip_reshape=call.skip_reshape, skip_output_reshape=call.skip_output_reshape,
+                                 reweight=reweight, captures=captures,
+                                 words_see_mask=any(rb.words_see_mask for _, rb, _ in plan.regions.rows))
+        if maps:
+            state.run.record(plan, maps, call.heads, state.step, site.block)
+            if state.run.refined_acc is not None:
+                refined = self._refined(call, state, plan, maps, site)
+                if refined is not None:
+                    state.run.record(plan, refined, 1, state.step, site.block, refined=True)
         return out
 
     def _refined(self, call: AttentionCall, state: CallState, plan, maps: list, site: Site) -> list | None:

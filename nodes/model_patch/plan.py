@@ -20,7 +20,8 @@ import torch
 
 from ...attention.engine import Capture, Reweight
 from ...attention.oncelog import OnceLog
-from .state import ProbeConfig, Region, Route, Site
+from .regions import RegionPlan
+from .state import Area, ProbeConfig, Route, Site
 
 
 @dataclass
@@ -28,13 +29,16 @@ class Plan:
     captures: list[Capture]
     keys: list[Hashable]
     copies: list[int]
-    regions: list[Region | None]
+    reducers: list[torch.Tensor | None]  # per capture: columns -> the kept maps (`state.Route.reducer`)
+    areas: list[Area | None]
     reweight: Reweight | None
     query_range: tuple[int, int] | None
+    regions: RegionPlan | None = None  # Enfoque Region's words of some rows, on the text keys
+    text_range: tuple[int, int] = (0, 0)  # where the text keys are
 
 
-def region_for(area, latent_hw: tuple[int, int], patch: int, grid: tuple[int, int], name: str,
-               log: OnceLog) -> Region | None:
+def area_for(area, latent_hw: tuple[int, int], patch: int, grid: tuple[int, int], name: str,
+               log: OnceLog) -> Area | None:
     """Where an area conditioning's queries land on the map grid. ``area`` is ComfyUI's resolved
     ``(h, w, y, x)`` in latent pixels (ConditioningSetArea), clamped as ComfyUI crops the latent."""
     h, w, y, x = (int(a) for a in area)
@@ -48,10 +52,10 @@ def region_for(area, latent_hw: tuple[int, int], patch: int, grid: tuple[int, in
     gy, gx = y // patch, x // patch
     gh, gw = math.ceil(h / patch), math.ceil(w / patch)
     gh, gw = min(gh, grid[0] - gy), min(gw, grid[1] - gx)
-    return Region(gy, gx, gh, gw)
+    return Area(gy, gx, gh, gw)
 
 
-def build_plan(site: Site, uuids: list, routes: dict[Any, Route], regions: dict[Any, Region | None],
+def build_plan(site: Site, uuids: list, routes: dict[Any, Route], areas: dict[Any, Area | None],
                config: ProbeConfig, call_grid: tuple[int, int], q_len: int, k_len: int, batch: int,
                device: torch.device, log: OnceLog, placement: Callable[[int], tuple[int, int]] | None = None,
                frames: int = 1) -> Plan | None:
@@ -64,8 +68,9 @@ def build_plan(site: Site, uuids: list, routes: dict[Any, Route], regions: dict[
                  "into prompts; it is neither captured nor reweighted", batch, len(uuids))
         return None
     rows = batch // len(uuids)
-    captures, keys, copies, places = [], [], [], []
+    captures, keys, copies, places, reducers = [], [], [], [], []
     weights = None
+    regions = RegionPlan()
     for i, u in enumerate(uuids):
         route = routes.get(u)
         if route is None:
@@ -82,8 +87,8 @@ def build_plan(site: Site, uuids: list, routes: dict[Any, Route], regions: dict[
         reps = site.txt_len // length
         start = offset
         sl = slice(i * rows, (i + 1) * rows)
-        region = regions.get(u)
-        if region is not None and frames > 1:
+        area = areas.get(u)
+        if area is not None and frames > 1:
             log.once(("area-video", route.role, route.index), "the %s has an area (ConditioningSetArea) on a "
                      "video latent; its maps are not captured (its weights still apply)", route.name)
         elif config.captures(route.role) and route.columns:
@@ -92,7 +97,15 @@ def build_plan(site: Site, uuids: list, routes: dict[Any, Route], regions: dict[
             captures.append(Capture(sl, cols))
             keys.append((route.role, route.index))
             copies.append(reps)
-            places.append(region)
+            places.append(area)
+            r = route.reducer()
+            reducers.append(None if r is None else r.to(device))
+        for spec in route.regions:
+            if area is not None:
+                log.once(("region-area", route.role, route.index), "the %s has an area (ConditioningSetArea); its "
+                         "regions (Enfoque Region) do not act on it", route.name)
+                break
+            regions.add(sl, spec, start, length, reps, device)
         if config.reweight != "off" and route.layout.weights:
             if weights is None:
                 weights = torch.ones(batch, k_len)
@@ -112,8 +125,10 @@ def build_plan(site: Site, uuids: list, routes: dict[Any, Route], regions: dict[
             else:
                 log.once(("queries", site.block, q_len), "block %d has %d queries, fewer than the %d image tokens "
                          "from query %d on; it is not captured", site.block, q_len, n_img, q0)
-            captures, keys, copies, places = [], [], [], []
+            captures, keys, copies, places, reducers = [], [], [], [], []
+            regions = RegionPlan()
         query_range = (q0, q0 + n_img)
-    if not captures and reweight is None:
+    if not captures and reweight is None and not regions.rows:
         return None
-    return Plan(captures, keys, copies, places, reweight, query_range)
+    return Plan(captures, keys, copies, reducers, places, reweight, query_range, regions if regions.rows else None,
+                (0, site.txt_len if site.seq_len is not None or site.cross_in_block else k_len))

@@ -15,6 +15,7 @@ from .checks import check_budget, check_capture_words, check_weights
 from .concepts import Concepts, ConceptStream
 from .conditionings import build_routes
 from .record import RunRecord, by_key, run_log
+from .regions import check_regions, latent_pixels, region_sigmas
 from .state import Geometry, HookKeys, Patch, ProbeConfig
 from .store import ProbeResult, ResultStore
 
@@ -85,6 +86,10 @@ class ModelProbe:
         if latent_shape:
             check_budget(cfg, routes.values(), int(latent_shape[0]), grid, steps, self.selected_blocks(),
                          len(self.concepts) if self.concepts is not None else 0)
+        specs = [s for r in routes.values() for s in r.regions]
+        if specs and latent_shape:
+            check_regions(specs, self.geometry.frames(latent_shape),
+                          latent_pixels(latent_shape, self.geometry.downscale), log)
         self.run = RunRecord(
             config=cfg, geometry=self.geometry, routes=routes,
             sigma_hi=model_sampling.percent_to_sigma(cfg.start_percent),
@@ -93,6 +98,7 @@ class ModelProbe:
             grid=grid, batch=int(latent_shape[0]) if latent_shape else 0,
             frames=self.geometry.frames(latent_shape) if latent_shape else 1,
             with_concepts=self.concepts is not None, log=log,
+            region_windows=region_sigmas(specs, model_sampling),
         )
         self.store.forget(self._shape(latent_shape) if latent_shape else None)
 

@@ -40,6 +40,7 @@ class Source:
     labels: list[str]
     spans: list[list[int]]
     meta: dict
+    default: int | None = None  # how many of the labels an empty words text selects (None: all)
 
 
 def _cross(result: ProbeResult, key: tuple[str, int], probe: ModelProbe, node: str, refined: bool = False) -> Source:
@@ -56,18 +57,35 @@ def _cross(result: ProbeResult, key: tuple[str, int], probe: ModelProbe, node: s
         raise ValueError(f"{node}: no maps of the {prompt} prompt number {index}; recorded: {have}. "
                          f"Set prompt and prompt_number to one of these.{hint}")
     route = result.routes[key]
-    column = {p: i for i, p in enumerate(route.columns)}
-    spans = [[column[p] for p in s if p in column] for s in route.layout.spans]
+    labels, positions = route.layout.labelled_spans()
+    spans = [route.group_of(s) for s in positions]
     meta = {"token_spans": route.layout.encoder_spans, "labelled": route.layout.labelled,
             "reweight": probe.config.reweight, "frames": result.frames,
-            "normalisation": "none (mean attention probability over heads, blocks and steps)"}
+            "normalisation": "none (mean attention probability over heads, blocks and steps)",
+            "special_share": special_share(result.maps[key], [len(g) for g in route.groups],
+                                           labels[len(route.layout.words):], spans[len(route.layout.words):])}
     if refined:
         meta.update(kind="refined", normalisation="each call's map through the image tokens' own attention "
                     "(mean over heads), then the mean over blocks and steps")
         return Source(result.refined_maps[key], result.refined_step_maps.get(key, {}),
-                      result.refined_block_maps.get(key, {}), list(route.layout.words), spans, meta)
-    return Source(result.maps[key], result.step_maps.get(key, {}), result.block_maps.get(key, {}),
-                  list(route.layout.words), spans, meta)
+                      result.refined_block_maps.get(key, {}), labels, spans, meta, len(route.layout.words))
+    return Source(result.maps[key], result.step_maps.get(key, {}), result.block_maps.get(key, {}), labels, spans,
+                  meta, len(route.layout.words))
+
+
+def special_share(token_maps: torch.Tensor, sizes: list[int], labels: list[str],
+                  spans: list[list[int]]) -> dict[str, float]:
+    """The share of the attention the image gives every captured token of the prompt (words, punctuation
+    and the rest) that the start, end, padding and template tokens take (the "attention sinks"), per kind (``<start>``: every encoder's start
+    tokens, each context position once), over the whole run and batch. A kept map of ``size`` tokens holds
+    their mean."""
+    mass = token_maps.double().sum(dim=(0, 2, 3)) * torch.tensor(sizes, dtype=torch.float64)
+    total = float(mass.sum())
+    kinds: dict[str, set[int]] = {}
+    for label, s in zip(labels, spans, strict=True):
+        kinds.setdefault(label.split(":")[0].rstrip(">") + ">", set()).update(s)
+    return {kind: round(float(mass[sorted(cols)].sum()) / total, 6) if total > 0 else 0.0
+            for kind, cols in kinds.items() if cols and kind != "<other>"}
 
 
 def _concept(result: ProbeResult, key: tuple[str, int], node: str) -> Source:
@@ -89,8 +107,8 @@ def _concept(result: ProbeResult, key: tuple[str, int], node: str) -> Source:
 def _picks(src: Source, kind: str, words: str, labelled: bool, node: str) -> list[Pick]:
     """What ``words`` selects among the source's labels, keeping only words that have maps."""
     if not parse_items(words):
-        return [Pick(label, (i,)) for i, label in enumerate(src.labels) if src.spans[i]]
-    captured = [label for label, s in zip(src.labels, src.spans, strict=True) if s]
+        return [Pick(label, (i,)) for i, label in enumerate(src.labels[: src.default]) if src.spans[i]]
+    captured = [label for label, s in zip(src.labels[: src.default], src.spans, strict=False) if s]
     if kind == "concept":
         field, what, listing, fix = "words", "one of the concepts", "concepts", \
             "Pick concepts from these, or leave words empty for all of them."
@@ -220,7 +238,8 @@ def read_maps(probe, latent, words: str = "", prompt: str = "positive", cond_ind
     }
     if kind != "concept":
         route = result.routes[key]
-        meta["context_positions"] = [[route.columns[i] for w in p.indices for i in src.spans[w]] for p in picks]
+        meta["context_positions"] = [[route.columns[c] for w in p.indices for g in src.spans[w]
+                                      for c in route.groups[g]] for p in picks]
     return FramedMaps(
         maps=over_frames(per_pixel, n), words=labels, meta=meta,
         steps=framed(src.steps, lambda k: f"step {k}" + (f"  sigma {sigmas[k]:.3f}" if k in sigmas else "")),

@@ -18,8 +18,9 @@ import torch
 
 from ...attention.aggregate import MapAccumulator
 from ...attention.oncelog import OnceLog
-from .plan import Plan, build_plan, region_for
-from .state import CallState, Geometry, ProbeConfig, Region, Route, Site
+from .plan import Plan, area_for, build_plan
+from .regions import RegionMasks, biases
+from .state import Area, CallState, Geometry, ProbeConfig, Route, Site
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ class RunRecord:
     step_sigmas: dict[int, float] = field(default_factory=dict)  # the sigma of each step
     batch_calls: int | None = None  # calc_cond_batch calls in the current noise prediction
     guidance: bool = False  # inside a guidance pass
-    regions: dict[Any, Region | None] = field(default_factory=dict)  # uuid -> area on the grid (None: none)
+    areas: dict[Any, Area | None] = field(default_factory=dict)  # uuid -> area on the grid (None: none)
+    region_windows: dict[int, tuple[float, float]] = field(default_factory=dict)  # Enfoque Region: (hi, lo) sigma
+    region_masks: RegionMasks = field(default_factory=RegionMasks)
 
     # -- per model call ------------------------------------------------------------------------
     def call_state(self, x: torch.Tensor, sigma: torch.Tensor) -> CallState:
@@ -90,17 +93,17 @@ class RunRecord:
         grid = self.grid or self.geometry.grid(tuple(x_in.shape))
         for group in conds or []:
             for c in group or []:
-                if not isinstance(c, dict) or "uuid" not in c or c["uuid"] in self.regions:
+                if not isinstance(c, dict) or "uuid" not in c or c["uuid"] in self.areas:
                     continue
-                region = None
+                place = None
                 if "area" in c:
                     dims = x_in.ndim - 2
                     area = comfy_samplers.add_area_dims(list(c["area"]), dims)
                     area = area[dims - 2 : dims] + area[2 * dims - 2 : 2 * dims]  # (h, w, y, x): the last two dims
                     route = self.routes.get(c["uuid"])
                     name = route.name if route is not None else "conditioning"
-                    region = region_for(area, hw, self.geometry.patch[1], grid, name, self.log)
-                self.regions[c["uuid"]] = region
+                    place = area_for(area, hw, self.geometry.patch[1], grid, name, self.log)
+                self.areas[c["uuid"]] = place
 
     # -- per attention call --------------------------------------------------------------------
     def plan(self, site: Site, uuids: list, state: CallState, q: torch.Tensor, q_len: int, k_len: int,
@@ -108,9 +111,16 @@ class RunRecord:
         """The captures and weights of an attention call, built once per call shape."""
         key = (tuple(uuids), site.txt_len, site.seq_len, q_len, k_len, batch, state.grid, q.device, site.query_start)
         if key not in self.plans:
-            self.plans[key] = build_plan(site, uuids, self.routes, self.regions, self.config, state.grid, q_len,
+            self.plans[key] = build_plan(site, uuids, self.routes, self.areas, self.config, state.grid, q_len,
                                          k_len, batch, q.device, self.log, self.placement, self.frames)
         return self.plans[key]
+
+    def region_biases(self, plan: Plan, state: CallState, n_queries: int, device: torch.device) -> list:
+        """The region biases of an attention call at this step (`regions.biases`)."""
+        if plan.regions is None:
+            return []
+        return biases(plan.regions, self.region_masks, self.last_sigma, self.region_windows, self.grid or state.grid,
+                      state.grid, n_queries, self.frames, device)
 
     def record(self, plan: Plan, maps: list[torch.Tensor], heads: int, step: int, block: int,
                refined: bool = False) -> None:
@@ -118,10 +128,12 @@ class RunRecord:
         sums of the prompts whose rows they are."""
         self.blocks_seen.add(block)
         acc = self.refined_acc if refined else self.acc
-        for key, m, reps, region in zip(plan.keys, maps, plan.copies, plan.regions, strict=True):
+        for key, m, reps, area, reduce in zip(plan.keys, maps, plan.copies, plan.areas, plan.reducers, strict=True):
             if reps > 1:
                 m = m.view(m.shape[0], m.shape[1], reps, -1).sum(2)
-            place = None if region is None else (region.y, region.x, region.h, region.w)
+            if reduce is not None:  # an encoder's padding kept as one map, their mean
+                m = m @ reduce
+            place = None if area is None else (area.y, area.x, area.h, area.w)
             acc.add(key, m, heads, step=step, block=block, region=place)
 
     def record_concepts(self, scores: torch.Tensor, uuids: list, state: CallState, block: int) -> None:
@@ -134,7 +146,7 @@ class RunRecord:
             route = self.routes.get(u)
             if route is None or not self.config.captures(route.role):
                 continue
-            if self.regions.get(u) is not None:
+            if self.areas.get(u) is not None:
                 self.log.once(("concept-area", u), "concept maps of the area conditioning %s are not recorded "
                               "(concept maps cover the whole picture)", route.name)
                 continue

@@ -6,7 +6,7 @@
   context length, the context positions captured).
 - `CallState`: what the APPLY_MODEL wrapper tells the hooks of one model call.
 - `Site`: what a block hook tells the attention override (block index, text length).
-- `Region`: where an area conditioning's queries sit on the run's map grid.
+- `Area`: where an area conditioning's queries sit on the run's map grid.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from ...attention.layout import TokenLayout
 
@@ -82,10 +84,33 @@ class Route:
     layout: TokenLayout
     columns: list[int]
     length: int = 0
+    regions: tuple = ()  # the `regions.RegionSpec`s on the conditioning (Enfoque Region)
+    groups: tuple[tuple[int, ...], ...] = ()  # the maps kept: each the mean of these columns (default: one each)
 
     def __post_init__(self) -> None:
         if not self.length:
             self.length = self.layout.context_length
+        if not self.groups:
+            self.groups = tuple((i,) for i in range(len(self.columns)))
+
+    def group_of(self, positions) -> list[int]:
+        """The kept maps of these context positions: each position's own, or the one group that is exactly them
+        (an encoder's padding)."""
+        at = {tuple(self.columns[c] for c in g): k for k, g in enumerate(self.groups)}
+        whole = at.get(tuple(positions))
+        if whole is not None and len(tuple(positions)) > 1:
+            return [whole]
+        return [at[(p,)] for p in positions if (p,) in at]
+
+    def reducer(self):
+        """``[columns, groups]`` weights that turn the captured columns into the kept maps (each group's
+        mean); None where every group is one column, in order."""
+        if all(g == (i,) for i, g in enumerate(self.groups)):
+            return None
+        r = torch.zeros(len(self.columns), len(self.groups))
+        for k, g in enumerate(self.groups):
+            r[list(g), k] = 1.0 / len(g)
+        return r
 
     @property
     def name(self) -> str:
@@ -93,7 +118,7 @@ class Route:
 
 
 @dataclass(frozen=True)
-class Region:
+class Area:
     """An area conditioning's queries on the map grid: rows ``y..y+h``, columns ``x..x+w``."""
 
     y: int
