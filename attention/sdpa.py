@@ -42,8 +42,14 @@ found is kept (``route``) and decides every later call with that combination:
   computes the normaliser itself (``engine.capture_probs``' exact chunked route).
 
 Every route other than ``fused`` is logged once (per reason, until
-``reset_fallback_log``). Nothing here catches exceptions: out-of-memory and
-CUDA errors reach the caller as they are.
+``reset_fallback_log``).
+
+These ops are private: their schemas, defaults and kernels have moved between
+torch releases. Each op's arguments come from one function per kernel
+(``KERNEL_OPS``), which ``tests/test_torch_compat.py`` binds against the schema
+the installed torch registers (CPU builds register the CUDA ops too). Nothing
+here catches exceptions: out-of-memory and CUDA errors reach the caller as they
+are.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -151,33 +157,71 @@ def align_mask_like_sdpa(mask: Tensor, alignment: int = MEM_EFF_ALIGNMENT) -> Te
 
 _aten = torch.ops.aten  # one name for the ops, so that tests can stand in for CUDA ones on the CPU
 
+OpArgs = tuple[tuple[object, ...], dict[str, object]]
+ArgsFn = Callable[[Tensor, Tensor, Tensor, Tensor | None], OpArgs]
+
+
+def cpu_flash_args(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> OpArgs:
+    """``_scaled_dot_product_flash_attention_for_cpu``'s arguments as SDPA passes them."""
+    return (q, k, v), {"attn_mask": mask}
+
+
+def cuda_flash_args(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> OpArgs:
+    """``_scaled_dot_product_flash_attention``'s arguments: head dim padded to a multiple of 8, the scale
+    from the unpadded dim (``sdp::calculate_scale``); no mask (SDPA never picks flash with one)."""
+    d = q.shape[-1]
+    pad = (8 - d % 8) % 8
+    if pad:
+        q, k, v = (torch.nn.functional.pad(t, (0, pad)) for t in (q, k, v))
+    return (q, k, v, 0.0, False, False), {"scale": 1.0 / math.sqrt(d)}
+
+
+def cuda_efficient_args(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> OpArgs:
+    """``_scaled_dot_product_efficient_attention``'s arguments: the (aligned) mask expanded to
+    ``[B, H, Nq, Nk]``, and ``compute_log_sumexp``."""
+    if mask is not None:
+        mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    return (q, k, v, mask, True), {}
+
+
+def cuda_cudnn_args(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> OpArgs:
+    """``_scaled_dot_product_cudnn_attention``'s arguments: the additive mask, and ``compute_log_sumexp``."""
+    return (q, k, v, mask, True), {}
+
+
+# kernel -> (the aten op it calls, the function that makes that op's arguments): the kernel calls
+# below and the schema test both use these.
+KERNEL_OPS: dict[tuple[str, int], tuple[str, ArgsFn]] = {
+    ("cpu", FLASH): ("_scaled_dot_product_flash_attention_for_cpu", cpu_flash_args),
+    ("cuda", FLASH): ("_scaled_dot_product_flash_attention", cuda_flash_args),
+    ("cuda", EFFICIENT): ("_scaled_dot_product_efficient_attention", cuda_efficient_args),
+    ("cuda", CUDNN): ("_scaled_dot_product_cudnn_attention", cuda_cudnn_args),
+}
 
 
 def _cpu_flash(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)[:2]
+    args, kwargs = cpu_flash_args(q, k, v, mask)
+    out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(*args, **kwargs)[:2]
     return out, lse
 
 
 def _cuda_flash(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    args, kwargs = cuda_flash_args(q, k, v, mask)
+    res = _aten._scaled_dot_product_flash_attention.default(*args, **kwargs)
     d = q.shape[-1]
-    scale = 1.0 / math.sqrt(d)  # sdp::calculate_scale on the unpadded head dim
-    pad = (8 - d % 8) % 8
-    if pad:
-        q, k, v = (torch.nn.functional.pad(t, (0, pad)) for t in (q, k, v))
-    res = _aten._scaled_dot_product_flash_attention.default(q, k, v, 0.0, False, False, scale=scale)
-    out = res[0][..., :d] if pad else res[0]
+    out = res[0] if res[0].shape[-1] == d else res[0][..., :d]
     return out, res[1]
 
 
 def _cuda_efficient(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    if mask is not None:
-        mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    res = _aten._scaled_dot_product_efficient_attention(q, k, v, mask, True)
+    args, kwargs = cuda_efficient_args(q, k, v, mask)
+    res = _aten._scaled_dot_product_efficient_attention(*args, **kwargs)
     return res[0], res[1]
 
 
 def _cuda_cudnn(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    res = _aten._scaled_dot_product_cudnn_attention(q, k, v, mask, True)
+    args, kwargs = cuda_cudnn_args(q, k, v, mask)
+    res = _aten._scaled_dot_product_cudnn_attention(*args, **kwargs)
     return res[0], res[1]
 
 
