@@ -47,9 +47,13 @@ Every route other than ``fused`` is logged once (per reason, until
 These ops are private: their schemas, defaults and kernels have moved between
 torch releases. Each op's arguments come from one function per kernel
 (``KERNEL_OPS``), which ``tests/test_torch_compat.py`` binds against the schema
-the installed torch registers (CPU builds register the CUDA ops too). Nothing
-here catches exceptions: out-of-memory and CUDA errors reach the caller as they
-are.
+the installed torch registers (CPU builds register the CUDA ops too). The first
+call of a combination also catches an error about the call itself (a schema or
+argument mismatch, no kernel for the device; ``is_call_error``): that
+combination then takes the chunked route, said once with the torch version and
+the error, where stock SDPA would still have worked. Nothing else is caught:
+out-of-memory and CUDA errors reach the caller as they are, on the first call
+and every later one.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ CUDNN_BOOL_MASK_FILL = -65504.0  # aten convert_boolean_attn_mask_cudnn
 LSE_CHECK_ATOL, LSE_CHECK_RTOL = 1e-3, 1e-4  # a sanity check of meaning (ln, scale, layout), not of precision
 
 FUSED, SDPA_PLUS_LSE, CHUNKED = "fused", "sdpa+lse", "chunked"
+TESTED_TORCH = "2.5 to 2.15"  # the matrix of tools/torch_matrix.sh (docs/compat.md)
 _ROUTES: OrderedDict[Hashable, str] = OrderedDict()
 _MAX_ROUTES = 1024
 
@@ -314,6 +319,53 @@ def _note_lse_mismatch(key: Hashable, name: str, q: Tensor, k: Tensor) -> None:
     )
 
 
+# An error of a first call whose message says the op cannot be called as we call it here: another
+# schema, a missing or unknown argument, no overload or no kernel for the device.
+_CALL_ERROR_WORDS = ("expected a value of type", "argument", "schema", "overload", "could not run")
+# What running a kernel meets (stock SDPA would meet it too): never caught, whatever else the message says.
+_RUN_ERROR_WORDS = ("out of memory", "cuda error", "cudnn error", "cublas", "cudnn_status", "hip error",
+                    "device-side assert")
+
+
+def is_call_error(e: BaseException) -> bool:
+    """Whether ``e`` says the op cannot be called as we call it on this torch (a schema or argument
+    mismatch, no kernel for the device), where stock SDPA still works; never an out-of-memory or a
+    CUDA runtime error."""
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    accelerator = getattr(torch, "AcceleratorError", None)  # torch >= 2.8
+    if isinstance(e, oom) or (accelerator is not None and isinstance(e, accelerator)):
+        return False
+    msg = str(e).lower()
+    if any(w in msg for w in _RUN_ERROR_WORDS):
+        return False
+    if isinstance(e, (TypeError, NotImplementedError)):
+        return True
+    return isinstance(e, RuntimeError) and any(w in msg for w in _CALL_ERROR_WORDS)
+
+
+def _first_call(
+    key: Hashable, choice: int, q: Tensor, k: Tensor, v: Tensor, kmask: Tensor | None
+) -> tuple[Tensor, Tensor] | None:
+    """The first (checked) call of a combination: the op's output and LSE, or None where the op cannot be
+    called as we call it on this torch (``is_call_error``); that combination is then remembered as
+    chunked and the reason said once. Every other error reaches the caller."""
+    try:
+        return run_lse_kernel(choice, q, k, v, kmask)
+    except (TypeError, RuntimeError) as e:
+        if not is_call_error(e):
+            raise
+        _remember(key, CHUNKED)
+        FALLBACKS.once(
+            ("call-error", q.device.type, choice, type(e).__name__),
+            "Enfoque: on torch %s the %s %s kernel's log-sum-exp op cannot be called as Enfoque calls it "
+            "(%s: %s); the output comes from SDPA and the maps take the exact chunked route (slower, same "
+            "result). Enfoque is tested on torch %s (docs/compat.md).",
+            torch.__version__, q.device.type, kernel_name(choice), type(e).__name__, " ".join(str(e).split())[:600],
+            TESTED_TORCH,
+        )
+        return None
+
+
 @dataclass(frozen=True)
 class Fused:
     """What one attention call gives the capture: the stock output, the LSE (None: compute the
@@ -349,10 +401,13 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None
     kmask = kernel_mask(mask, choice)
     key = _key(choice, q, k, v, attn_mask)
     route = _ROUTES.get(key)
-    if route == CHUNKED:  # this shape's log-sum-exp failed its check once: no kernel call to throw away
+    if route == CHUNKED:  # this shape's op failed its first call or check: no kernel call to throw away
         return Fused(sdpa(q, k, v, attn_mask), None, kmask, CHUNKED, name)
-    out, lse = run_lse_kernel(choice, q, k, v, kmask)
     if route is None:
+        first = _first_call(key, choice, q, k, v, kmask)
+        if first is None:
+            return Fused(sdpa(q, k, v, attn_mask), None, kmask, CHUNKED, name)
+        out, lse = first
         stock = sdpa(q, k, v, attn_mask)
         same = torch.equal(out, stock)
         sane = lse_agrees(q, k, kmask, lse)
@@ -369,14 +424,16 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None
             )
         if route != FUSED:
             out = stock
-    elif route == SDPA_PLUS_LSE:
-        out = sdpa(q, k, v, attn_mask)
+    else:
+        out, lse = run_lse_kernel(choice, q, k, v, kmask)
+        if route == SDPA_PLUS_LSE:
+            out = sdpa(q, k, v, attn_mask)
     return Fused(out, lse if route != CHUNKED else None, kmask, route, name)
 
 
 def lse_only(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor | None:
     """The LSE of every query row from the fused kernel SDPA picks for these inputs, or None where it
-    has none (or it failed the check). For the exact normaliser where the output came from elsewhere
+    has none (or it failed its first call or check). For the exact normaliser where the output came from elsewhere
     (another attention backend, another pack's override): one fused call instead of the chunked
     q.k over all keys. ``mask``: additive, 4-D."""
     choice = sdp_choice(q, k, v, mask)
@@ -387,13 +444,17 @@ def lse_only(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor | N
     route = _ROUTES.get(key)
     if route == CHUNKED:
         return None
-    lse = run_lse_kernel(choice, q, k, v, kmask)[1]
-    if route is None:
-        sane = lse_agrees(q, k, kmask, lse)
-        _remember(key, SDPA_PLUS_LSE if sane else CHUNKED)
-        if not sane:
-            _note_lse_mismatch(key, kernel_name(choice), q, k)
-            return None
+    if route is not None:
+        return run_lse_kernel(choice, q, k, v, kmask)[1]
+    first = _first_call(key, choice, q, k, v, kmask)
+    if first is None:
+        return None
+    lse = first[1]
+    sane = lse_agrees(q, k, kmask, lse)
+    _remember(key, SDPA_PLUS_LSE if sane else CHUNKED)
+    if not sane:
+        _note_lse_mismatch(key, kernel_name(choice), q, k)
+        return None
     return lse
 
 

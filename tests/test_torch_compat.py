@@ -5,6 +5,10 @@
   ops too, without kernels). The binder is written out plainly below; the schema is read from torch
   and the arguments from the pack's per-kernel argument functions (``sdpa.KERNEL_OPS``). A torch that
   changed a schema fails here, on the CPU, rather than a user's sampling on a GPU.
+- First calls: where an op cannot be called as the pack calls it (another schema, an unknown argument,
+  no kernel for the device), the first call of that kernel combination takes the exact chunked route,
+  says so once with the torch version and the error, and never retries. Out-of-memory and CUDA errors
+  reach the caller on the first call and on every later one.
 
 ``tools/torch_matrix.sh`` runs this file on each torch of the matrix (docs/compat.md).
 """
@@ -20,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attention import sdpa  # noqa: E402
+from attention.engine import Capture, attend, capture_probs  # noqa: E402
 
 F = torch.nn.functional
 
@@ -180,3 +185,198 @@ def test_cpu_flash_runs_with_the_bound_arguments():
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
     ref = torch.logsumexp((q.double() @ k.double().transpose(-1, -2)) * 16 ** -0.5 + bias.double(), dim=-1)
     torch.testing.assert_close(lse.double(), ref, atol=1e-4, rtol=0)
+
+
+# -- the first call of a kernel combination -----------------------------------------------------------
+
+_LIB = torch.library.Library("enfoque_test", "DEF")  # kept alive: the op lives as long as the library
+_LIB.define("efficient(Tensor query, Tensor key, Tensor value, *, Tensor? attn_bias=None, "
+            "bool compute_log_sumexp=False) -> (Tensor, Tensor)")
+
+
+def _other_schema_impl(q, k, v, attn_bias=None, compute_log_sumexp=False):
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
+    return out, torch.zeros(q.shape[:3])
+
+
+_LIB.impl("efficient", _other_schema_impl, "CPU")
+
+
+def other_schema(*args, **kwargs):
+    """An efficient-attention op as a torch might register it with another schema (keyword-only mask and
+    flag): the pack's positional call fails to bind, with torch's own error."""
+    return torch.ops.enfoque_test.efficient(*args, **kwargs)
+
+
+def unknown_keyword(*args, **kwargs):
+    """The real op, given a keyword argument its schema lacks (torch's own error)."""
+    return torch.ops.aten._scaled_dot_product_efficient_attention(*args, bogus_kw=1, **kwargs)
+
+
+def no_device_kernel(*args, **kwargs):
+    """The real CUDA op on CPU tensors: "Could not run ... with arguments from the 'CPU' backend"."""
+    return torch.ops.aten._scaled_dot_product_efficient_attention(*args, **kwargs)
+
+
+def working(q, k, v, bias, compute_log_sumexp):
+    """The efficient op as a GPU runs it: SDPA's output, the exact LSE padded to 32 rows."""
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    logits = q.double() @ k.double().transpose(-1, -2) * q.shape[-1] ** -0.5
+    if bias is not None:
+        logits = logits + bias.double()
+    lse = torch.logsumexp(logits, dim=-1).float()
+    return out, F.pad(lse, (0, -q.shape[2] % 32), value=float("nan")), None, None
+
+
+class StandIn:
+    """``sdpa._aten`` with the efficient op replaced by ``fn`` (which can be swapped); counts its calls."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __getattr__(self, name):
+        return getattr(torch.ops.aten, name)
+
+    def _scaled_dot_product_efficient_attention(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
+@pytest.fixture
+def efficient_op(monkeypatch):
+    """``efficient_op(fn)``: SDPA "picks" the efficient kernel on the CPU, whose op is ``fn``."""
+    sdpa.reset_routes()
+    sdpa.reset_fallback_log()
+    monkeypatch.setattr(torch, "_fused_sdp_choice", lambda *a, **kw: sdpa.EFFICIENT)
+    monkeypatch.setitem(sdpa.KERNELS, ("cpu", sdpa.EFFICIENT), sdpa._cuda_efficient)
+
+    def install(fn):
+        standin = StandIn(fn)
+        monkeypatch.setattr(sdpa, "_aten", standin)
+        return standin
+
+    yield install
+    sdpa.reset_routes()
+    sdpa.reset_fallback_log()
+
+
+def sdpa_out(q, k, v, m):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+
+
+def run(q, k, v, mask, cols, foreign: bool):
+    """One attention call with a capture; ``foreign``: the output comes from elsewhere (``lse_only``)."""
+    return attend(q, k, v, 3, mask=mask, skip_reshape=True, skip_output_reshape=True,
+                  compute_out=sdpa_out if foreign else None, captures=[Capture(slice(0, 2), cols)])
+
+
+CALL_ERRORS = {"other-schema": (other_schema, "takes 3 positional argument"),
+               "unknown-keyword": (unknown_keyword, "bogus_kw"),
+               "no-device-kernel": (no_device_kernel, "Could not run")}
+
+
+@pytest.mark.parametrize("foreign", [False, True], ids=["fused", "normaliser"])
+@pytest.mark.parametrize("error", list(CALL_ERRORS))
+def test_call_error_on_first_call_takes_the_chunked_route(efficient_op, error, foreign, caplog):
+    """An op that cannot be called as the pack calls it: the output is SDPA's and the maps are the
+    chunked route's (torch.equal to both), a notice names the torch version and the error once, and
+    later calls of the combination never call the op again."""
+    fn, text = CALL_ERRORS[error]
+    standin = efficient_op(fn)
+    q, k, v = qkv()
+    mask = torch.randn(2, 1, 37, 41)
+    cols = torch.tensor([0, 3, 40])
+    tried = []
+    with caplog.at_level("WARNING", logger="attention.sdpa"):
+        for _ in range(3):
+            out, maps = run(q, k, v, mask, cols, foreign)
+            tried.append(standin.calls)
+            assert torch.equal(out, sdpa_out(q, k, v, mask))
+            chunked = capture_probs(q, k, mask, None, Capture(slice(0, 2), cols), (0, 37))
+            assert torch.equal(maps[0], chunked)
+    # the first run tries the op once per combination: the output's (fused) and the normaliser's
+    assert tried == [1 if foreign else 2] * 3, f"ops called after each run: {tried}; a failed combination was retried"
+    if not foreign:
+        assert sdpa.route_of(q, k, v, mask) == sdpa.CHUNKED
+    notes = [r.getMessage() for r in caplog.records if "cannot be called" in r.getMessage()]
+    assert len(notes) == 1, notes
+    assert torch.__version__ in notes[0] and text in notes[0]
+
+
+def out_of_memory():
+    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+RUN_ERRORS = {
+    "oom": out_of_memory,
+    # by its class, whatever the message says
+    "oom-any-message": lambda: torch.OutOfMemoryError("Tried to allocate 2.00 GiB for argument 'attn_bias'"),
+    "cuda-error": lambda: RuntimeError("CUDA error: invalid argument\nCUDA kernel errors might be "
+                                       "asynchronously reported at some other API call"),
+    "cudnn-error": lambda: RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear "
+                                        "if you passed in a non-contiguous input."),
+}
+if hasattr(torch, "AcceleratorError"):
+    RUN_ERRORS["accelerator"] = lambda: torch.AcceleratorError("an illegal memory access was encountered")
+
+
+def settle(q, k, v, foreign: bool):
+    """One kernel call at the sdpa level: the output's (``attention_with_lse``) or the normaliser's
+    (``lse_only``), so that an error is seen where it happened (``attend`` tries the normaliser after
+    a failed output call)."""
+    return sdpa.lse_only(q, k, v, None) if foreign else sdpa.attention_with_lse(q, k, v, None)
+
+
+@pytest.mark.parametrize("foreign", [False, True], ids=["fused", "normaliser"])
+@pytest.mark.parametrize("error", list(RUN_ERRORS))
+def test_run_errors_reach_the_caller_on_first_and_later_calls(efficient_op, error, foreign):
+    """Out-of-memory and CUDA errors are not about the call: they propagate on the first call (which
+    settles no route) and again on a later call of a combination that worked."""
+    make = RUN_ERRORS[error]
+
+    def raising(*args, **kwargs):
+        raise make()
+
+    standin = efficient_op(raising)
+    q, k, v = qkv()
+    cols = torch.tensor([1, 2])
+    first_calls = [lambda: run(q, k, v, None, cols, foreign), lambda: settle(q, k, v, foreign)]
+    for call in first_calls * 2:
+        with pytest.raises(type(make())) as info:
+            call()
+        assert str(info.value) == str(make())
+    assert standin.calls == 4, "a first call that met an out-of-memory or CUDA error settled a route"
+    assert sdpa.route_of(q, k, v, None) is None
+
+    standin.fn = working
+    assert settle(q, k, v, foreign) is not None
+    out, maps = run(q, k, v, None, cols, foreign)
+    assert torch.equal(out, sdpa_out(q, k, v, None))
+    if not foreign:
+        assert sdpa.route_of(q, k, v, None) == sdpa.FUSED
+    standin.fn = raising
+    before = standin.calls
+    with pytest.raises(type(make())):
+        settle(q, k, v, foreign)
+    assert standin.calls == before + 1
+    with pytest.raises(type(make())):
+        run(q, k, v, None, cols, foreign)
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda: TypeError("_scaled_dot_product_efficient_attention() got an unexpected keyword argument"), True),
+    (lambda: RuntimeError("Expected a value of type 'bool' for argument 'compute_log_sumexp'"), True),
+    (lambda: RuntimeError("Overloaded torch operator invoked from Python failed to match any schema"), True),
+    (lambda: NotImplementedError("Could not run 'aten::_efficient_attention_forward' with arguments from "
+                                 "the 'CUDA' backend"), True),
+    (out_of_memory, False),
+    (lambda: torch.OutOfMemoryError("Tried to allocate 2.00 GiB for argument 'attn_bias'"), False),
+    (lambda: RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB"), False),
+    (lambda: RuntimeError("CUDA error: invalid argument"), False),
+    (lambda: RuntimeError("cuDNN error: CUDNN_STATUS_BAD_PARAM"), False),
+    (lambda: RuntimeError("attn_bias is not correctly aligned"), False),
+    (lambda: ValueError("something else"), False),
+], ids=["type-error", "expected-type", "no-schema", "no-kernel", "oom", "oom-class", "oom-message", "cuda-error",
+        "cudnn-error", "kernel-refusal", "other"])
+def test_which_errors_are_about_the_call(make, expected):
+    assert sdpa.is_call_error(make()) is expected
