@@ -332,7 +332,7 @@ def is_call_error(e: BaseException) -> bool:
     mismatch, no kernel for the device), where stock SDPA still works; never an out-of-memory or a
     CUDA runtime error."""
     oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-    accelerator = getattr(torch, "AcceleratorError", None)  # torch >= 2.8
+    accelerator = getattr(torch, "AcceleratorError", None)  # newer torch only (2.9 has it, 2.7 not)
     if isinstance(e, oom) or (accelerator is not None and isinstance(e, accelerator)):
         return False
     msg = str(e).lower()
