@@ -28,7 +28,7 @@ lint: setup
 link:
 	@ENFOQUE_LINK=1 bash tools/setup.sh
 
-# Not part of CI (downloads a CUDA build of each torch, ~30 min on 2 cores): the torch matrix,
+# Not part of CI (downloads a CUDA build of each torch, 25-40 min on 2 cores): the torch matrix,
 # pure tests + sampling on the pinned ComfyUI per torch, written to docs/compat.md.
 # Arguments: `make compat TORCH="2.5 2.15"` runs those only (the table keeps the other rows).
 compat:

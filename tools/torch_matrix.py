@@ -63,7 +63,7 @@ def probe() -> dict:
 
         res["torchvision"] = torchvision.__version__
         wants = [r for r in importlib.metadata.requires("torchvision") or [] if r.split()[0].startswith("torch")]
-        res["torchvision_requires"] = "; ".join(w.replace(" ", "") for w in wants if not w.startswith("torchvision"))
+        res["torchvision_requires"] = "; ".join(_requirement(w) for w in wants if not w.startswith("torchvision"))
     except Exception as e:  # a torchvision that does not load beside this torch: ComfyUI would not start
         res["torchvision"] = f"does not import: {type(e).__name__}: {e}"
     notes = _Notes()
@@ -90,6 +90,11 @@ def probe() -> dict:
     logging.getLogger("attention").removeHandler(notes)
     res["notes"] = list(dict.fromkeys(notes.lines))
     return res
+
+
+def _requirement(text: str) -> str:
+    """``torch (==2.5.1)`` (older metadata) or ``torch==2.5.1`` as ``torch==2.5.1``."""
+    return "".join(c for c in text if c not in " ()")
 
 
 def host_check(comfy: Path) -> dict:
@@ -259,7 +264,8 @@ def row(version: str, d: Path, skipped_everywhere: set[str] = frozenset()) -> di
     return {
         "torch": meta.get("torch_installed") or version,
         "torchvision": (meta.get("torchvision_installed") or meta.get("torchvision", "?"))
-        + (f" (wants {probe_res['torchvision_requires']})" if probe_res and probe_res.get("torchvision_requires") else ""),
+        + (f" (wants {_requirement(probe_res['torchvision_requires'])})"
+           if probe_res and probe_res.get("torchvision_requires") else ""),
         "comfy": comfy,
         "pure": _counts(pure),
         "host": _counts(host),
@@ -290,6 +296,7 @@ requirements (torchaudio left out, as in `tools/setup.sh`).
 - **kernel route**: what `attention.sdpa` settles on here for SD3-like joint attention
   ({shape}), per dtype: the kernel SDPA picks and the route (`fused`: one kernel call gives the stock
   output and the log-sum-exp).
+- **minutes**: that torch's install and tests (the venv's removal not counted).
 
 """
 
@@ -301,7 +308,7 @@ def table(results: Path, versions: list[str], out: Path, pin: str) -> None:
     for v in versions:
         d = results / v
         if d.is_dir():
-            rows.append(row(v, d, on_pin if v != pin else set()))
+            rows.append(row(v, d, on_pin))
         else:
             rows.append({"torch": v, "torchvision": "", "comfy": "not measured", "pure": "not run",
                          "host": "not run", "route": "", "date": "", "machine": "", "minutes": "", "notes": []})
@@ -315,9 +322,11 @@ def table(results: Path, versions: list[str], out: Path, pin: str) -> None:
     for r in rows:
         lines.append(f"| {r['torch']} | {r['torchvision']} | {r['comfy']} | {r['pure']} | {r['host']} | "
                      f"{r['route']} | {r['date']} | {r['machine']} | {r['minutes']} |")
-    notes = [(r["torch"], n) for r in rows for n in r["notes"]]
+    notes = [f"torch {r['torch']}: {n}" for r in rows for n in r["notes"]]
+    notes += [f"the pin too, so not a torch matter (listed once, here): ComfyUI skips a module: {_short(m, 200)}"
+              for m in sorted(on_pin)]
     if notes:
-        lines += ["", "## Notes", ""] + [f"- torch {v}: {n}" for v, n in notes]
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     out.write_text("\n".join(lines) + "\n")
 
 
