@@ -4,7 +4,7 @@
 VENV := $(or $(ENFOQUE_VENV),.venv)
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench lint link
+.PHONY: setup test demo bench lint link compat
 
 setup:
 	@bash tools/setup.sh
@@ -27,3 +27,9 @@ lint: setup
 # pack in that ComfyUI by hand. Tests and the demo never need it.
 link:
 	@ENFOQUE_LINK=1 bash tools/setup.sh
+
+# Not part of CI (downloads a CUDA build of each torch, 25-40 min on 2 cores): the torch matrix,
+# pure tests + sampling on the pinned ComfyUI per torch, written to docs/compat.md.
+# Arguments: `make compat TORCH="2.5 2.15"` runs those only (the table keeps the other rows).
+compat:
+	@bash tools/torch_matrix.sh $(TORCH)

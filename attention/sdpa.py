@@ -42,8 +42,18 @@ found is kept (``route``) and decides every later call with that combination:
   computes the normaliser itself (``engine.capture_probs``' exact chunked route).
 
 Every route other than ``fused`` is logged once (per reason, until
-``reset_fallback_log``). Nothing here catches exceptions: out-of-memory and
-CUDA errors reach the caller as they are.
+``reset_fallback_log``).
+
+These ops are private: their schemas, defaults and kernels have moved between
+torch releases. Each op's arguments come from one function per kernel
+(``KERNEL_OPS``), which ``tests/test_torch_compat.py`` binds against the schema
+the installed torch registers (CPU builds register the CUDA ops too). The first
+call of a combination also catches an error about the call itself (a schema or
+argument mismatch, no kernel for the device; ``is_call_error``): that
+combination then takes the chunked route, said once with the torch version and
+the error, where stock SDPA would still have worked. Nothing else is caught:
+out-of-memory and CUDA errors reach the caller as they are, on the first call
+and every later one.
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -72,6 +82,7 @@ CUDNN_BOOL_MASK_FILL = -65504.0  # aten convert_boolean_attn_mask_cudnn
 LSE_CHECK_ATOL, LSE_CHECK_RTOL = 1e-3, 1e-4  # a sanity check of meaning (ln, scale, layout), not of precision
 
 FUSED, SDPA_PLUS_LSE, CHUNKED = "fused", "sdpa+lse", "chunked"
+TESTED_TORCH = "2.5 to 2.15"  # the matrix of tools/torch_matrix.sh (docs/compat.md)
 _ROUTES: OrderedDict[Hashable, str] = OrderedDict()
 _MAX_ROUTES = 1024
 
@@ -136,33 +147,71 @@ def align_mask_like_sdpa(mask: Tensor, alignment: int = MEM_EFF_ALIGNMENT) -> Te
 
 _aten = torch.ops.aten  # one name for the ops, so that tests can stand in for CUDA ones on the CPU
 
+OpArgs = tuple[tuple[object, ...], dict[str, object]]
+ArgsFn = Callable[[Tensor, Tensor, Tensor, Tensor | None], OpArgs]
+
+
+def cpu_flash_args(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> OpArgs:
+    """``_scaled_dot_product_flash_attention_for_cpu``'s arguments as SDPA passes them."""
+    return (q, k, v), {"attn_mask": mask}
+
+
+def cuda_flash_args(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> OpArgs:
+    """``_scaled_dot_product_flash_attention``'s arguments: head dim padded to a multiple of 8, the scale
+    from the unpadded dim (``sdp::calculate_scale``); no mask (SDPA never picks flash with one)."""
+    d = q.shape[-1]
+    pad = (8 - d % 8) % 8
+    if pad:
+        q, k, v = (torch.nn.functional.pad(t, (0, pad)) for t in (q, k, v))
+    return (q, k, v, 0.0, False, False), {"scale": 1.0 / math.sqrt(d)}
+
+
+def cuda_efficient_args(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> OpArgs:
+    """``_scaled_dot_product_efficient_attention``'s arguments: the (aligned) mask expanded to
+    ``[B, H, Nq, Nk]``, and ``compute_log_sumexp``."""
+    if mask is not None:
+        mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    return (q, k, v, mask, True), {}
+
+
+def cuda_cudnn_args(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> OpArgs:
+    """``_scaled_dot_product_cudnn_attention``'s arguments: the additive mask, and ``compute_log_sumexp``."""
+    return (q, k, v, mask, True), {}
+
+
+# kernel -> (the aten op it calls, the function that makes that op's arguments): the kernel calls
+# below and the schema test both use these.
+KERNEL_OPS: dict[tuple[str, int], tuple[str, ArgsFn]] = {
+    ("cpu", FLASH): ("_scaled_dot_product_flash_attention_for_cpu", cpu_flash_args),
+    ("cuda", FLASH): ("_scaled_dot_product_flash_attention", cuda_flash_args),
+    ("cuda", EFFICIENT): ("_scaled_dot_product_efficient_attention", cuda_efficient_args),
+    ("cuda", CUDNN): ("_scaled_dot_product_cudnn_attention", cuda_cudnn_args),
+}
 
 
 def _cpu_flash(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)[:2]
+    args, kwargs = cpu_flash_args(q, k, v, mask)
+    out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(*args, **kwargs)[:2]
     return out, lse
 
 
 def _cuda_flash(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    args, kwargs = cuda_flash_args(q, k, v, mask)
+    res = _aten._scaled_dot_product_flash_attention.default(*args, **kwargs)
     d = q.shape[-1]
-    scale = 1.0 / math.sqrt(d)  # sdp::calculate_scale on the unpadded head dim
-    pad = (8 - d % 8) % 8
-    if pad:
-        q, k, v = (torch.nn.functional.pad(t, (0, pad)) for t in (q, k, v))
-    res = _aten._scaled_dot_product_flash_attention.default(q, k, v, 0.0, False, False, scale=scale)
-    out = res[0][..., :d] if pad else res[0]
+    out = res[0] if res[0].shape[-1] == d else res[0][..., :d]
     return out, res[1]
 
 
 def _cuda_efficient(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    if mask is not None:
-        mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    res = _aten._scaled_dot_product_efficient_attention(q, k, v, mask, True)
+    args, kwargs = cuda_efficient_args(q, k, v, mask)
+    res = _aten._scaled_dot_product_efficient_attention(*args, **kwargs)
     return res[0], res[1]
 
 
 def _cuda_cudnn(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    res = _aten._scaled_dot_product_cudnn_attention(q, k, v, mask, True)
+    args, kwargs = cuda_cudnn_args(q, k, v, mask)
+    res = _aten._scaled_dot_product_cudnn_attention(*args, **kwargs)
     return res[0], res[1]
 
 
@@ -255,6 +304,53 @@ def _note_lse_mismatch(key: Hashable, name: str, q: Tensor, k: Tensor) -> None:
     )
 
 
+# An error of a first call whose message says the op cannot be called as we call it here: another
+# schema, a missing or unknown argument, no overload or no kernel for the device.
+_CALL_ERROR_WORDS = ("expected a value of type", "argument", "schema", "overload", "could not run")
+# What running a kernel meets (stock SDPA would meet it too): never caught, whatever else the message says.
+_RUN_ERROR_WORDS = ("out of memory", "cuda error", "cudnn error", "cublas", "cudnn_status", "hip error",
+                    "device-side assert")
+
+
+def is_call_error(e: BaseException) -> bool:
+    """Whether ``e`` says the op cannot be called as we call it on this torch (a schema or argument
+    mismatch, no kernel for the device), where stock SDPA still works; never an out-of-memory or a
+    CUDA runtime error."""
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    accelerator = getattr(torch, "AcceleratorError", None)  # newer torch only (2.9 has it, 2.7 not)
+    if isinstance(e, oom) or (accelerator is not None and isinstance(e, accelerator)):
+        return False
+    msg = str(e).lower()
+    if any(w in msg for w in _RUN_ERROR_WORDS):
+        return False
+    if isinstance(e, (TypeError, NotImplementedError)):
+        return True
+    return isinstance(e, RuntimeError) and any(w in msg for w in _CALL_ERROR_WORDS)
+
+
+def _first_call(
+    key: Hashable, choice: int, q: Tensor, k: Tensor, v: Tensor, kmask: Tensor | None
+) -> tuple[Tensor, Tensor] | None:
+    """The first (checked) call of a combination: the op's output and LSE, or None where the op cannot be
+    called as we call it on this torch (``is_call_error``); that combination is then remembered as
+    chunked and the reason said once. Every other error reaches the caller."""
+    try:
+        return run_lse_kernel(choice, q, k, v, kmask)
+    except (TypeError, RuntimeError) as e:
+        if not is_call_error(e):
+            raise
+        _remember(key, CHUNKED)
+        FALLBACKS.once(
+            ("call-error", q.device.type, choice, type(e).__name__),
+            "Enfoque: on torch %s the %s %s kernel's log-sum-exp op cannot be called as Enfoque calls it "
+            "(%s: %s); the output comes from SDPA and the maps take the exact chunked route (slower, same "
+            "result). Enfoque is tested on torch %s (docs/compat.md).",
+            torch.__version__, q.device.type, kernel_name(choice), type(e).__name__, " ".join(str(e).split())[:600],
+            TESTED_TORCH,
+        )
+        return None
+
+
 @dataclass(frozen=True)
 class Fused:
     """What one attention call gives the capture: the stock output, the LSE (None: compute the
@@ -290,10 +386,13 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None
     kmask = kernel_mask(mask, choice)
     key = _key(choice, q, k, v, attn_mask)
     route = _ROUTES.get(key)
-    if route == CHUNKED:  # this shape's log-sum-exp failed its check once: no kernel call to throw away
+    if route == CHUNKED:  # this shape's op failed its first call or check: no kernel call to throw away
         return Fused(sdpa(q, k, v, attn_mask), None, kmask, CHUNKED, name)
-    out, lse = run_lse_kernel(choice, q, k, v, kmask)
     if route is None:
+        first = _first_call(key, choice, q, k, v, kmask)
+        if first is None:
+            return Fused(sdpa(q, k, v, attn_mask), None, kmask, CHUNKED, name)
+        out, lse = first
         stock = sdpa(q, k, v, attn_mask)
         same = torch.equal(out, stock)
         sane = lse_agrees(q, k, kmask, lse)
@@ -310,14 +409,16 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None
             )
         if route != FUSED:
             out = stock
-    elif route == SDPA_PLUS_LSE:
-        out = sdpa(q, k, v, attn_mask)
+    else:
+        out, lse = run_lse_kernel(choice, q, k, v, kmask)
+        if route == SDPA_PLUS_LSE:
+            out = sdpa(q, k, v, attn_mask)
     return Fused(out, lse if route != CHUNKED else None, kmask, route, name)
 
 
 def lse_only(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor | None:
     """The LSE of every query row from the fused kernel SDPA picks for these inputs, or None where it
-    has none (or it failed the check). For the exact normaliser where the output came from elsewhere
+    has none (or it failed its first call or check). For the exact normaliser where the output came from elsewhere
     (another attention backend, another pack's override): one fused call instead of the chunked
     q.k over all keys. ``mask``: additive, 4-D."""
     choice = sdp_choice(q, k, v, mask)
@@ -328,13 +429,17 @@ def lse_only(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor | N
     route = _ROUTES.get(key)
     if route == CHUNKED:
         return None
-    lse = run_lse_kernel(choice, q, k, v, kmask)[1]
-    if route is None:
-        sane = lse_agrees(q, k, kmask, lse)
-        _remember(key, SDPA_PLUS_LSE if sane else CHUNKED)
-        if not sane:
-            _note_lse_mismatch(key, kernel_name(choice), q, k)
-            return None
+    if route is not None:
+        return run_lse_kernel(choice, q, k, v, kmask)[1]
+    first = _first_call(key, choice, q, k, v, kmask)
+    if first is None:
+        return None
+    lse = first[1]
+    sane = lse_agrees(q, k, kmask, lse)
+    _remember(key, SDPA_PLUS_LSE if sane else CHUNKED)
+    if not sane:
+        _note_lse_mismatch(key, kernel_name(choice), q, k)
+        return None
     return lse
 
 
