@@ -87,9 +87,6 @@ _ROUTES: OrderedDict[Hashable, str] = OrderedDict()
 _MAX_ROUTES = 1024
 
 
-# -- logging each fallback once ---------------------------------------------------------------
-
-
 FALLBACKS = OnceLog(log)  # the engine's fallbacks, once per reason until a sampling run resets them
 
 
