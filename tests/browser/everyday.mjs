@@ -432,7 +432,7 @@ try {
     await setWidget(ATTN, "words", "purple");
     const errors = await run("failing run", true);
     check(errors.length === 1, `the run with a wrong word did not fail: ${JSON.stringify(errors).slice(0, 300)}`);
-    await page.keyboard.press("Escape");
+    // no key or click after it (either makes the frontend look for changes): the clearing itself must count
     await page.waitForTimeout(300);
     const cleared = await chipsOf(HEAT);
     check(cleared.words.length === 0, `after the failed run Heatmaps shows ${cleared.words}`);
@@ -489,6 +489,8 @@ try {
   });
 
   await item("stale_notice", async (r) => {
+    await setWidget(HEAT, "over", "mean");
+    await setWidget(PATCH, "blocks", "all");
     const notice = () =>
       page.evaluate((id) => document.querySelector(`.enfoque-notice[data-enfoque-node="${id}"]`)?.textContent ?? null, PATCH);
     await setWidget(PATCH, "reweight", "off");
@@ -513,6 +515,8 @@ try {
   });
 
   await item("mask_notice", async (r) => {
+    await setWidget(PATCH, "reweight", "bias");
+    await setWidget(PATCH, "blocks", "all");
     await setWidget(TEXT, "text", "a (red:0) circle on the left and a blue square on the right");
     await setWidget(MASK, "words", "red");
     await run("red weighted 0");
@@ -578,11 +582,15 @@ try {
   await item("weights_per_position", async (r) => {
     await setWidget(TEXT, "text", "a red circle on the left and a red square on the right");
     await weights("");
-    await page.waitForFunction((id) => {
-      window.app.canvas.setDirty(true, true); // the node reads its prompt when it is drawn
-      return [...document.querySelectorAll(`.enfoque-weights[data-enfoque-node="${id}"] .enfoque-chip`)].map((e) => e.dataset.word)
-        .join(" ") === "a red circle on the left and a red square on the right";
-    }, twId, { timeout: 10000 });
+    const shownWords = () =>
+      page.evaluate((id) => {
+        window.app.canvas.setDirty(true, true); // the node reads its prompt when it is drawn
+        return [...document.querySelectorAll(`.enfoque-weights[data-enfoque-node="${id}"] .enfoque-chip`)].map((e) => e.dataset.word);
+      }, twId);
+    const want = "a red circle on the left and a red square on the right".split(" ");
+    for (let i = 0; i < 40 && JSON.stringify(await shownWords()) !== JSON.stringify(want); i++) await page.waitForTimeout(250);
+    r.words = await shownWords();
+    check(JSON.stringify(r.words) === JSON.stringify(want), `one chip per position expected, got ${r.words}`);
     const show = async (text) => {
       await weights(text);
       await settle();
@@ -664,6 +672,9 @@ try {
   });
 
   await item("word_rule", async (r) => {
+    const has = await page.evaluate(() =>
+      typeof window.app.extensions.find((e) => e.name === "enfoque.WordChips")?.wordRule?.selectWords === "function");
+    check(has, "the extension has no word rule (wordRule.selectWords)");
     r.results = await page.evaluate((cases) => {
       const ext = window.app.extensions.find((e) => e.name === "enfoque.WordChips");
       return cases.map(({ labels, query }) => {
