@@ -71,6 +71,7 @@ const KEPT_WORDS = 128; // chips kept in the workflow for a reload
 const KEPT_BYTES = 400000; // past this, the frames' grids are not kept in the workflow
 const GRID_LEVELS = 9999; // nodes/common/previews.py GRID_LEVELS
 const READOUT_ROWS = 8;
+const READOUT_ROWS_PINNED = 3; // the pinned pixel's readout in Heatmaps, while the pointer is elsewhere: compact
 const MAX_WEIGHT = 10;
 const WHEEL_STEP = 0.05;
 const WHEEL_STEP_SHIFT = 0.25;
@@ -761,22 +762,22 @@ function negativeFor(node) {
   return up.enfoque?.kept.negative ?? up.properties?.[LAST_OUTPUT]?.negative ?? null;
 }
 
-function readoutColumn(title, words, grid, u, v, here) {
+function readoutColumn(title, words, grid, u, v, here, limit = READOUT_ROWS) {
   const col = el("div", "enfoque-readout-col");
   col.append(el("div", "enfoque-readout-head", title));
   const ranked = sharesAt(grid, u, v)
     .filter((r) => r.i < words.length)
     .sort((a, b) => b.value - a.value || a.i - b.i);
-  const top = ranked.slice(0, READOUT_ROWS);
+  const top = ranked.slice(0, limit);
   const mine = ranked.findIndex((r) => r.i === here);
-  if (mine >= READOUT_ROWS) top.push(ranked[mine]); // the word under the cursor, whatever its rank
+  if (mine >= limit) top.push(ranked[mine]); // the word under the cursor, whatever its rank
   top.forEach((r, n) => {
     const row = el("div", r.i === here ? "enfoque-rank enfoque-here" : "enfoque-rank");
     row.dataset.index = String(r.i);
     row.dataset.word = words[r.i];
     row.dataset.value = String(r.value);
     row.dataset.share = String(r.share);
-    const rank = n < READOUT_ROWS ? n + 1 : mine + 1;
+    const rank = n < limit ? n + 1 : mine + 1;
     row.append(
       el("span", "enfoque-rank-word", `${rank}. ${words[r.i]}`),
       el("span", "enfoque-rank-share", `${(100 * r.share).toFixed(1)}%`),
@@ -838,11 +839,12 @@ function drawPointing(node) {
   } else {
     const { gx, gy } = gridCell(grid, at.u, at.v);
     const head = `${at.pinned ? "pinned " : ""}cell ${gx}, ${gy} of ${grid.w}×${grid.h}${view.f >= 0 ? ` · ${view.caption}` : ""}`;
-    r.append(readoutColumn(head, s.kept.words, grid, at.u, at.v, at.word ?? -1));
+    const limit = at.pinned && !s.floating ? READOUT_ROWS_PINNED : READOUT_ROWS;
+    r.append(readoutColumn(head, s.kept.words, grid, at.u, at.v, at.word ?? -1, limit));
     const neg = negativeFor(node);
     const negGrid = validGrid(neg?.grid);
     if (negGrid && Array.isArray(neg.words) && neg.words.length) {
-      r.append(readoutColumn("negative prompt", neg.words, negGrid, at.u, at.v, -1));
+      r.append(readoutColumn("negative prompt", neg.words, negGrid, at.u, at.v, -1, limit));
     }
   }
   r.dataset.u = String(at.u);
