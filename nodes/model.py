@@ -8,7 +8,8 @@ from comfy_api.latest import io
 
 from ..attention.formats import brief, parse_blocks
 from .common.errors import check_option
-from .common.previews import chips
+from .common.notify import notify
+from .common.previews import chips, negative_chips
 from .model_patch.checks import capture_words as capture_items
 from .model_patch.concepts import Concepts
 from .model_patch.families import supported
@@ -87,13 +88,15 @@ class EnfoquePatchModel(io.ComfyNode):
         if concepts is not None and not isinstance(concepts, Concepts):
             raise ValueError(f"{node}: concepts is {type(concepts).__name__}, not the output of {CONCEPTS}; connect "
                              f"the concepts output of {CONCEPTS}.")
+        node_id = cls.hidden.unique_id if cls.hidden else None
+        notify(node_id, "")  # a notice of an earlier run no longer holds; this run's sampling says it again
         config = ProbeConfig(capture=bool(capture), reweight=reweight,
                              blocks=parse_blocks(blocks, block_count(model), node),
                              start_percent=float(start_percent), end_percent=float(end_percent),
                              capture_negative=bool(capture_negative), capture_words=capture_items(capture_words or ""),
                              budget_mb=float(budget_mb), keep_steps=bool(keep_steps), keep_blocks=bool(keep_blocks),
                              refine=refine)
-        patched, probe = install(model, config, concepts=concepts, node_id=cls.hidden.unique_id if cls.hidden else None)
+        patched, probe = install(model, config, concepts=concepts, node_id=node_id)
         return io.NodeOutput(patched, probe)
 
 
@@ -126,10 +129,21 @@ class EnfoqueAttentionMaps(io.ComfyNode):
                                "pixel's share among the concepts."),
             ],
             outputs=[Maps.Output(display_name="maps")],
+            # its word chips show its result: an output node is sent its cached result too, so a run whose
+            # maps come from the cache still gives the chips
+            is_output_node=True,
         )
 
     @classmethod
     def execute(cls, probe, latent, words, prompt="positive", cond_index=0, step=-1, block=-1,
                 kind="cross") -> io.NodeOutput:
         out = read_maps(probe, latent, words, prompt, cond_index, step, block, kind, node=ATTENTION_MAPS)
-        return io.NodeOutput(out, ui=chips(out))
+        payload = chips(out)
+        if prompt == "positive" and kind == "cross" and getattr(probe.config, "capture_negative", False):
+            try:  # the negative prompt's words beside them, for pointing at the picture
+                negative = read_maps(probe, latent, "", "negative", cond_index, step, block, "cross",
+                                     node=ATTENTION_MAPS)
+                payload["enfoque_negative"] = [negative_chips(negative)]
+            except ValueError:  # not recorded (e.g. no negative prompt): nothing to show beside them
+                pass
+        return io.NodeOutput(out, ui=payload)

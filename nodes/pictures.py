@@ -9,6 +9,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..attention.colormaps import COLORMAPS
+from ..attention.formats import listed
 from ..attention.frames import FramedMaps
 from ..attention.maps import AttentionMaps, resize, select, to_mask
 from ..attention.render import heatmap_panels, titled
@@ -19,7 +20,10 @@ from .common.previews import chips
 from .names import ATTENTION_MAPS, HEATMAPS, MAPS_TO_MASK, PATCH_MODEL
 from .sockets import MAPS_FROM, Maps, check_maps, schema
 
+log = logging.getLogger(__name__)
+
 HEATMAP_NORMALISATIONS = ["minmax", "text", "softmax", "none"]
+PANEL_GAP = 4  # px between the panels of attention/render.py's heatmap_panels (its _GAP)
 OVER = ["mean", "steps", "blocks", "frames"]
 log = logging.getLogger(__name__)
 
@@ -87,17 +91,47 @@ class EnfoqueHeatmaps(io.ComfyNode):
             "columns": int(columns) if int(columns) > 0 else None,
             "upscale": upscale,
         }
+        canvas: dict = {}
         try:
-            picture = heatmap_panels(maps, **draw) if over == "mean" else frame_pictures(maps, over, node, draw)
+            if over == "mean":
+                picture = heatmap_panels(maps, **draw)
+                canvas = {"top": 0, "height": int(picture.shape[1]), "width": int(picture.shape[2])}
+            else:
+                picture = frame_pictures(maps, over, node, draw, canvas)
         except ValueError as exc:
             raise in_node(node, exc) from exc
         payload = ui.PreviewImage(picture, cls=cls).as_dict()
-        payload.update(chips(maps, image, colormap, float(opacity), normalisation))
+        frames = list(getattr(maps, over, ())) if over != "mean" else None
+        payload.update(chips(maps, image, colormap, float(opacity), normalisation, frames=frames))
+        payload["enfoque_panels"] = [panel_layout(maps, image, draw["columns"], canvas)]
         return io.NodeOutput(picture, ui=payload)
 
 
-def frame_pictures(maps: AttentionMaps, over: str, node: str, draw: dict) -> torch.Tensor:
-    """One heatmap picture per kept step or block, captioned with it: ``[frames, H, W, 3]``."""
+def panel_layout(maps: AttentionMaps, image, columns: int | None, canvas: dict) -> dict:
+    """Where each word's map sits in the pictures (for pointing at a pixel in the frontend), in picture
+    pixels: the panels of the first image start ``top`` px down (below a frame's caption bar) and take
+    ``width`` px across (the next image of a batch follows to the right); panel k is at column k %
+    ``columns``, row k // ``columns``, each cell ``cell_w`` x ``cell_h`` px (map, then its caption),
+    ``gap`` px apart; its map is the top-left ``map_w`` x ``map_h`` px of the cell."""
+    n = len(maps.words)
+    cols = min(int(columns), n) if columns else math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    width, height = int(canvas["width"]), int(canvas["height"])
+    cell_w = (width - (cols - 1) * PANEL_GAP) // cols
+    cell_h = (height - (rows - 1) * PANEL_GAP) // rows
+    if image is not None:
+        map_h = int(torch.as_tensor(image).shape[-3])
+    else:  # maps alone: the token grid scaled to the panel's width, aspect kept
+        mh, mw = maps.size
+        map_h = min(cell_h, round(cell_w * mh / mw))
+    return {"top": int(canvas["top"]), "width": width, "columns": cols, "rows": rows, "cell_w": cell_w,
+            "cell_h": cell_h, "map_w": cell_w, "map_h": map_h, "gap": PANEL_GAP, "count": n}
+
+
+def frame_pictures(maps: AttentionMaps, over: str, node: str, draw: dict, canvas: dict | None = None) -> torch.Tensor:
+    """One heatmap picture per kept step or block, captioned with it: ``[frames, H, W, 3]``. ``canvas``, if
+    given, is filled with where the first image's panels are in a picture: ``top`` (the caption bar's
+    height), ``height`` and ``width`` of its panel grid."""
     kind = over[:-1]
     frames = getattr(maps, over, ()) if isinstance(maps, FramedMaps) else ()
     if not frames and over == "frames":
@@ -116,6 +150,9 @@ def frame_pictures(maps: AttentionMaps, over: str, node: str, draw: dict) -> tor
     for i, frame in enumerate(frames):
         panels = heatmap_panels(AttentionMaps(maps=frame.maps, words=maps.words, meta=maps.meta), **draw)
         picture = titled(torch.cat(list(panels), dim=1)[None], f"{frame.caption}   ({i + 1}/{len(frames)})")
+        if i == 0 and canvas is not None:
+            canvas.update(top=int(picture.shape[1] - panels.shape[1]), height=int(panels.shape[1]),
+                          width=int(panels.shape[2]))
         if i == 0 and picture.numel() * 4 * len(frames) > MAX_FRAMES_BYTES:
             raise ValueError(
                 f"{node}: {len(frames)} frames of {picture.shape[2]}x{picture.shape[1]} px need "
@@ -149,16 +186,17 @@ def _mask_size(maps: AttentionMaps, width: int, height: int, node: str) -> tuple
     return mh, mw
 
 
-def guide_at(image, size: tuple[int, int], node: str, node_id: str | None) -> torch.Tensor:
-    """The picture as the guide of a mask of ``size``: resized (with a notice) where it has another size."""
+def guide_at(image, size: tuple[int, int], node: str) -> tuple[torch.Tensor, str]:
+    """The picture as the guide of a mask of ``size``, resized where it has another size (and what to say
+    about it)."""
     img = torch.as_tensor(image).detach().to("cpu", torch.float32)
     img = img if img.ndim == 4 else img[None]
-    if tuple(img.shape[1:3]) != tuple(size):
-        say(node, node_id, f"the image is {img.shape[2]}x{img.shape[1]} px and the maps' picture "
-            f"{size[1]}x{size[0]}; the image was resized to guide the mask. Connect the picture the maps were "
-            "made of (or set width and height to its size).")
-        img = resize(img.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1).clamp(0.0, 1.0)
-    return img
+    if tuple(img.shape[1:3]) == tuple(size):
+        return img, ""
+    note = (f"{node}: the image is {img.shape[2]}x{img.shape[1]} px and the maps' picture {size[1]}x{size[0]}; "
+            "the image was resized to guide the mask. Connect the picture the maps were made of (or set width "
+            "and height to its size).")
+    return resize(img.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1).clamp(0.0, 1.0), note
 
 
 def say(node: str, node_id: str | None, text: str) -> None:
@@ -208,14 +246,38 @@ class EnfoqueMapsToMask(io.ComfyNode):
             raise in_node(node, exc, "Pick words from these, or leave words empty for all of them.") from exc
         if len(chosen.words) == 0:
             raise ValueError(f"{node}: the maps hold no words (an empty prompt?); give the prompt some words.")
-        resample = None
+        resample, resized = None, ""
         if image is not None:
-            guide = guide_at(image, size, node, cls.hidden.unique_id if cls.hidden else None)
+            guide, resized = guide_at(image, size, node)
             resample = lambda m, _size: guided(m, guide)  # noqa: E731
         try:
             mask = to_mask(chosen, threshold=t, size=size, resample=resample)
         except ValueError as exc:
             raise in_node(node, exc) from exc
+        notice = " ".join(n for n in (resized, empty_mask_notice(chosen, mask, t)) if n)
+        if notice:
+            log.warning("%s", notice)
+        notify(cls.hidden.unique_id if cls.hidden else None, notice)
         return io.NodeOutput(mask, ui=ui.PreviewMask(mask, cls=cls))
+
+
+def empty_mask_notice(chosen: AttentionMaps, mask: torch.Tensor, threshold: float) -> str:
+    """What Enfoque Maps To Mask says when (part of) its mask is black for a reason a user can fix: a
+    selected word with no attention anywhere (a word weighted 0 is removed from attention), or a
+    threshold no pixel reaches; "" when neither."""
+    node = MAPS_TO_MASK
+    silent = [w for k, w in enumerate(chosen.words) if not bool((chosen.maps[:, k] != 0).any())]
+    black = not bool(mask.any())
+    if silent:
+        which = listed(silent, quote=True)
+        verb = "gets" if len(silent) == 1 else "get"
+        tail = "so the mask is black" if black else "so it adds nothing to the mask" if len(silent) == 1 \
+            else "so they add nothing to the mask"
+        return (f"{node}: {which} {verb} no attention anywhere in these maps (a word weighted 0 is removed from "
+                f"attention), {tail}. Give it a weight above 0, or pick other words.")
+    if black:
+        how = f"threshold {threshold:g}" if threshold > 0 else "the automatic threshold (the maps are flat)"
+        return (f"{node}: no pixel reaches {how}, so the mask is black. Lower threshold, or pick other words.")
+    return ""
 
 

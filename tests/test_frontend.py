@@ -19,6 +19,14 @@ and the word chips in a real browser.
   chromium, node or playwright-core is missing (``apt-get install chromium``;
   ``cd tests/browser && npm ci``). Screenshots go to ``out/artifacts/frontend/``.
   The templates' browser test is in tests/test_templates.py.
+- tests/browser/everyday.mjs checks, item by item, what a new user met with everyday prompts (a prompt
+  that repeats words): a chip per position, Attention Maps' capped chip box, chips kept over a reload,
+  a cached run and a failed run, pointing at the picture (checked here against the saved maps), the
+  frame scrubber over steps, stale notices, Maps To Mask's notice, invalid weights shown before Run,
+  Token Weights' chips per position, the probe sockets' colours, the extension's word rule (checked
+  here against attention/selection.py) and the display names it reads from GET /enfoque/info.
+- In-process: what the chips are given (``enfoque_grid``, ``enfoque_panels``, ``enfoque_frames``,
+  ``enfoque_negative``) and Maps To Mask's notice.
 """
 
 from __future__ import annotations
@@ -271,6 +279,83 @@ def test_word_chips_in_the_browser(comfy_server, browser_models):
     print(f"browser check took {result['seconds']:.1f}s")
 
 
+# --------------------------------------------------------------------------- everyday prompts (Step 18, Step 15)
+
+EVERYDAY = BROWSER_DIR / "everyday.mjs"
+RULE_WORDS = ["a", "red", "cat", "and", "a", "red", "dog", "on", "the", "red-brick", "wall"]  # tests/test_word_rule.py
+RULE_CASES = [
+    *[(RULE_WORDS, q) for q in [
+        "", " , ,", "red", "Red,", "(RED", "red#2", "red #1", "a#2", "red cat", "Red Cat!", "a red", "a red#2",
+        "red-brick", "wall.", "cat, dog", "red, Red, RED.", "redd", "cat red", "red#3", "brick", "red#0", "#3",
+        "a  red", "RED   CAT#1", "dog, purple", "on the", "the red", "a#1, a#2, a",
+    ]],
+    *[(["red", "cat", "red cat", "dog"], q) for q in ["Red,", "RED CAT", "cat, Dog!", "dog#1", "red cat#1", "cat red"]],
+    *[(["#0", "#1", "#2", "#10"], q) for q in ["#1", "#1, #2", "#10", "1", "#3"]],
+    *[(["a", ",", "cat", "a", "cat"], q) for q in ["a cat", "a cat#2", ",", "cat"]],
+    *[(["straße", "Σίσυφος", "café", "東京", "naïve", "don't", "3.5kg"], q) for q in
+      ["STRASSE", "ΣΊΣΥΦΟΣ", "Café!", "東京", "NAÏVE", "don't", "3.5KG", "\"cafe\"", "kg"]],
+]
+
+
+def python_rule(labels: list[str], query: str) -> dict:
+    """attention/selection.py's answer, loaded on its own (it is pure Python)."""
+    import importlib.util
+    import sys
+
+    selection = sys.modules.get("enfoque_selection")
+    if selection is None:
+        spec = importlib.util.spec_from_file_location("enfoque_selection", REPO_ROOT / "attention" / "selection.py")
+        selection = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = selection  # its dataclasses look their module up
+        spec.loader.exec_module(selection)
+    try:
+        return {"picks": [list(p.indices) for p in selection.select(labels, query)]}
+    except selection.NotAWord as exc:
+        return {"error": exc.item}
+
+
+@pytest.mark.server
+def test_everyday_prompts_in_the_browser(comfy_server, browser_models, tmp_path):
+    """Issue Step 18 (and Step 15's frontend): each item a user met, checked in the real frontend.
+
+    tests/browser/everyday.mjs runs them on tiny_sd3_maps.json with a prompt that repeats words and reports
+    each item on its own; here each must pass, the readout of a pointed pixel must equal the saved maps there,
+    and the extension's word rule must select what attention/selection.py selects."""
+    import safetensors.torch
+
+    reason = browser_missing()
+    if reason:
+        pytest.skip(reason)
+    for old in ARTIFACTS.glob("everyday_*.png"):
+        old.unlink()
+    cases = tmp_path / "rule_cases.json"
+    cases.write_text(json.dumps([{"labels": labels, "query": q} for labels, q in RULE_CASES]))
+    result, _ = run_browser_script(comfy_server, EVERYDAY, ["--workflow", str(WORKFLOW), "--legacy", str(LEGACY),
+                                                            "--cases", str(cases)], timeout=420)
+    items = result["items"]
+    expected = ["reload", "attention_maps_box", "repeated_words", "pointing", "cached", "failed_run", "frames",
+                "stale_notice", "mask_notice", "bad_weights", "weights_per_position", "socket_colours", "word_rule",
+                "server_names"]
+    assert list(items) == expected
+    failed = {name: item.get("error") for name, item in items.items() if not item["ok"]}
+    assert not failed, "\n\n".join(f"{name}: {error}" for name, error in failed.items())
+    # the JS rule and the Python rule select the same words
+    for (labels, query), got in zip(RULE_CASES, items["word_rule"]["results"], strict=True):
+        assert got == python_rule(labels, query), (labels, query)
+    # pointing reads the run's own maps: the saved maps at the pointed cell
+    saved = result["saved_maps"]
+    path = comfy_server.output_dir / saved["subfolder"] / saved["filename"]
+    maps = safetensors.torch.load_file(str(path))["maps"]
+    pointing = items["pointing"]
+    cell = pointing["cell"]
+    assert (cell["gh"], cell["gw"]) == tuple(maps.shape[-2:]), "the grid is the maps' own token grid"
+    for row in pointing["values"]:
+        want = float(maps[0, row["index"], cell["gy"], cell["gx"]])
+        assert row["value"] == pytest.approx(want, rel=2e-4, abs=1e-9), row
+    assert items["attention_maps_box"]["grown"] <= 36
+    print(f"everyday items: {', '.join(items)}; took {result['seconds']:.1f}s")
+
+
 # --------------------------------------------------------------------------- per-word pictures
 
 
@@ -306,3 +391,129 @@ def test_heatmaps_send_one_preview_per_word(comfy):
     (first, *_) = out.ui["enfoque_word_images"]
     with Image.open(comfy.temp_dir / first["subfolder"] / first["filename"]) as im:
         assert im.size == (341, 256)
+
+
+# --------------------------------------------------------------------------- what the chips are given (Step 18)
+
+
+@pytest.mark.host
+def test_pointing_grid_is_the_maps_at_token_grid_rounded_and_capped(comfy):
+    """``enfoque_grid``: the first image's word maps as integers of each word's own scale, pooled to fit."""
+    import torch
+
+    previews = comfy.submodule("nodes.common.previews")
+    g = torch.Generator().manual_seed(1)
+    maps = torch.rand((2, 3, 8, 12), generator=g) * 0.05
+    grid = previews.pointing_grid(maps)
+    assert (grid["h"], grid["w"]) == (8, 12) and len(grid["values"]) == 3 and len(grid["values"][0]) == 96
+    back = torch.tensor(grid["values"], dtype=torch.float64).reshape(3, 8, 12)
+    back = back * torch.tensor(grid["scales"], dtype=torch.float64)[:, None, None] / previews.GRID_LEVELS
+    torch.testing.assert_close(back, maps[0].double(), rtol=0, atol=float(maps.max()) / previews.GRID_LEVELS)
+    assert json.loads(json.dumps(grid)) == grid
+    # a large grid is average-pooled by a whole factor until it fits the budget
+    big = torch.rand((1, 12, 128, 128), generator=g)
+    pooled = previews.pointing_grid(big)
+    assert 12 * pooled["h"] * pooled["w"] <= previews.GRID_MAX_VALUES and pooled["h"] == pooled["w"] == 32
+    assert previews.pointing_grid(torch.zeros((1, 0, 4, 4))) is None
+
+
+@pytest.mark.host
+def test_heatmaps_say_where_each_panel_is(comfy):
+    """``enfoque_panels``: each word's map in the picture, so pointing at a panel reads that word at that pixel."""
+    import torch
+
+    maps_mod = comfy.submodule("attention.maps")
+    g = torch.Generator().manual_seed(2)
+    words = ["a", "red", "cat", "on", "a"]
+    maps = maps_mod.AttentionMaps(maps=torch.rand((1, 5, 6, 8), generator=g) * 0.05, words=words,
+                                  meta={"image_size": [48, 64]})
+    for image, columns in ((None, 0), (torch.rand((1, 48, 64, 3), generator=g), 2)):
+        extra = {} if image is None else {"image": image}
+        out = comfy.run("EnfoqueHeatmaps", maps=maps, colormap="viridis", opacity=1.0, normalisation="minmax",
+                        columns=columns, **extra)
+        picture = out[0]
+        (p,) = out.ui["enfoque_panels"]
+        assert p["count"] == 5 and p["top"] == 0 and p["width"] == picture.shape[2]
+        assert p["columns"] * p["cell_w"] + (p["columns"] - 1) * p["gap"] == picture.shape[2]
+        assert p["rows"] * p["cell_h"] + (p["rows"] - 1) * p["gap"] == picture.shape[1]
+        assert p["map_h"] < p["cell_h"], "the caption is under the map"
+        # the map of word 4 (the second "a") is where the layout says: it equals that word's own preview
+        k = 4
+        x0 = (k % p["columns"]) * (p["cell_w"] + p["gap"])
+        y0 = (k // p["columns"]) * (p["cell_h"] + p["gap"])
+        rows = picture[0, :, x0 : x0 + p["map_w"]].numpy()
+        assert rows[y0 + p["map_h"] - 1].min() > 0.001, "the map's last row is coloured (viridis has no black)"
+        assert rows[y0 + p["map_h"]].max() < 0.02, "the caption's black bar starts right under the map"
+        assert rows[y0].min() > 0.001 and (y0 == 0 or rows[y0 - 1].max() < 0.2), "the map starts at the cell's top"
+        assert out.ui["enfoque_words"] == words and len(out.ui["enfoque_grid"]) == 1
+
+
+@pytest.mark.host
+def test_heatmaps_over_steps_give_each_frame_its_chips(comfy, tiny_dir):
+    """``enfoque_frames``: per frame (in picture order) its caption, shares, word previews and grid."""
+    from test_canvas import sampled
+
+    _, probe, _, out = sampled(comfy, tiny_dir, keep_steps=True, steps=3)
+    maps = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="")[0]
+    heat = comfy.run("EnfoqueHeatmaps", maps=maps, colormap="viridis", opacity=0.6, normalisation="minmax",
+                     columns=0, over="steps")
+    frames = heat.ui["enfoque_frames"]
+    assert len(frames) == len(heat.ui["images"]) == 3
+    for k, f in enumerate(frames):
+        assert f["caption"] == maps.steps[k].caption
+        assert len(f["shares"]) == len(f["word_images"]) == len(maps.words)
+        assert abs(sum(f["shares"]) - 1) < 1e-4
+        assert f["grid"]["h"] == maps.maps.shape[-2] and len(f["grid"]["values"]) == len(maps.words)
+    assert frames[0]["shares"] != frames[2]["shares"], "each frame has its own shares"
+    (p,) = heat.ui["enfoque_panels"]
+    assert p["top"] > 0, "a frame's panels sit under its caption bar"
+    assert p["top"] + p["rows"] * p["cell_h"] + (p["rows"] - 1) * p["gap"] == heat[0].shape[1]
+    assert len(json.dumps(heat.ui)) < 200_000
+
+
+@pytest.mark.host
+def test_attention_maps_send_the_negative_prompts_words_when_captured(comfy, tiny_dir):
+    import tiny_models
+
+    model = tiny_models.sd3(tiny_dir).model
+    clip = comfy.run("EnfoquePatchCLIP", clip=tiny_models.clip_sd3(), weight_mode="attention", capture=True)[0]
+    pos = comfy.run("CLIPTextEncode", clip=clip, text="a red cat on a red chair")[0]
+    neg = comfy.run("CLIPTextEncode", clip=clip, text="blurry, dark")[0]
+    sent = {}
+    for capture_negative in (False, True):
+        patched, probe = comfy.run("EnfoquePatchModel", model=model, capture=True, reweight="bias", blocks="all",
+                                   start_percent=0.0, end_percent=1.0, capture_negative=capture_negative)
+        latent = comfy.run("EmptySD3LatentImage", width=64, height=64, batch_size=1)[0]
+        out = comfy.run("KSampler", model=patched, seed=1, steps=1, cfg=2.0, sampler_name="euler",
+                        scheduler="simple", positive=pos, negative=neg, latent_image=latent, denoise=1.0)[0]
+        sent[capture_negative] = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="red").ui
+    assert "enfoque_negative" not in sent[False]
+    (negative,) = sent[True]["enfoque_negative"]
+    assert negative["words"] == ["blurry", "dark"] and len(negative["grid"]["values"]) == 2
+    assert sent[True]["enfoque_words"] == ["red"]
+    assert comfy.node("EnfoqueAttentionMaps").GET_SCHEMA().is_output_node, "its chips come back from the cache"
+
+
+@pytest.mark.host
+def test_maps_to_mask_says_why_its_mask_is_black(comfy):
+    import torch
+
+    maps_mod = comfy.submodule("attention.maps")
+    pictures = comfy.submodule("nodes.pictures")
+    sent = []
+    real = pictures.notify
+    pictures.notify = lambda node, text: sent.append((node, text))
+    try:
+        m = torch.rand((1, 3, 8, 8)) * 0.05
+        m[:, 1] = 0  # "red" weighted 0: no attention anywhere
+        maps = maps_mod.AttentionMaps(maps=m, words=["a", "red", "cat"], meta={})
+        mask = comfy.run("EnfoqueMapsToMask", maps=maps, words="red", threshold=0.0, hidden={"UNIQUE_ID": "12"})[0]
+        assert not mask.any()
+        assert sent[-1][0] == "12" and sent[-1][1].startswith("Enfoque Maps To Mask: 'red' gets no attention anywhere")
+        assert "so the mask is black" in sent[-1][1]
+        comfy.run("EnfoqueMapsToMask", maps=maps, words="red, cat", threshold=0.0, hidden={"UNIQUE_ID": "12"})
+        assert "adds nothing to the mask" in sent[-1][1]
+        comfy.run("EnfoqueMapsToMask", maps=maps, words="cat", threshold=0.0, hidden={"UNIQUE_ID": "12"})
+        assert sent[-1] == ("12", ""), "a mask with pixels clears the notice"
+    finally:
+        pictures.notify = real

@@ -153,3 +153,8 @@ def test_frontend_sends_the_family(comfy_server):
     assert cases["sd15"] == {"text": "an sd15 prompt", "family": "sd15"}
     assert cases["sd3_encode"] == {"text": "an sd3 prompt", "family": "sd3"}
     assert cases["checkpoint"] == {"text": "a checkpoint prompt"}  # nothing in the graph names the family
+    # every CLIP loader type of the support table, by the server's table (GET /enfoque/info)
+    for family in ("qwen_image", "flux2", "chroma", "lumina2", "wan"):
+        assert cases[f"loader_{family}"] == {"text": f"a {family} prompt", "family": family}, family
+    # a node only one family uses wins over the loader's type
+    assert cases["qwen_edit"] == {"text": "a qwen edit prompt", "family": "qwen_image"}

@@ -483,7 +483,7 @@ try {
   const twWords = await twRoot.locator(".enfoque-chip").evaluateAll((els) => els.map((e) => e.dataset.word));
   result.weight_chip_words = twWords;
   const prompt = workflow[TEXT_NODE].inputs.text;
-  const expected = [...new Set(prompt.toLowerCase().split(/\s+/).filter(Boolean))];
+  const expected = prompt.toLowerCase().split(/\s+/).filter(Boolean); // one chip per position, "a" twice
   check(JSON.stringify(twWords) === JSON.stringify(expected), `weight chips ${twWords} != ${expected}`);
   const weightsValue = () =>
     page.evaluate((id) => window.app.graph.getNodeById(+id).widgets.find((w) => w.name === "weights").value, twId);
@@ -542,6 +542,9 @@ try {
   await page.mouse.wheel(0, 100);
   const kept = await weightsValue();
   check(kept === "cat:1.95, red fur:0.5", `a phrase the chips do not show was not kept: '${kept}'`);
+  // "red fur" is not in the prompt: shown as an error before Run
+  const errors = await twRoot.locator(".enfoque-error").evaluateAll((els) => els.map((e) => e.textContent));
+  check(errors.length === 1 && /'red fur' is not a word of the prompt/.test(errors[0]), `errors shown: ${errors}`);
   // a new prompt upstream gives new chips
   await page.evaluate((textId) => {
     window.app.graph.getNodeById(+textId).widgets.find((w) => w.name === "text").value = "a green dog, 2 hats";
@@ -559,7 +562,7 @@ try {
     window.app.canvas.setDirty(true, true);
   }, [TEXT_NODE, prompt]);
   await page.waitForFunction(
-    (id) => document.querySelectorAll(`.enfoque-weights[data-enfoque-node="${id}"] .enfoque-chip`).length === 6,
+    (id) => document.querySelectorAll(`.enfoque-weights[data-enfoque-node="${id}"] .enfoque-chip`).length === 7,
     twId,
   );
   await page.evaluate((id) => {
