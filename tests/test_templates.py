@@ -1,10 +1,15 @@
 """The example workflows ComfyUI's template browser shows (example_workflows/*.json).
 
 - They are what tools/templates.py writes (conventions in docs/templates.md).
-- Each has a readable title (its file name), a .jpg thumbnail next to it, the groups
+- Each has a title of one pattern, "<Model> - <what it teaches>" (its file name), a
+  description of what it teaches, a .jpg thumbnail next to it, the groups
   "Load", "Encode", "Sample", "Look", a Note that names the model files and where they
   go and says what each Enfoque node in it does; one shows EnfoqueTokenWeights, one
   animates the maps over the steps with stock SaveAnimatedWEBP.
+- Every model file a loader loads is listed on it with its folder and its https download
+  address (the official files ComfyUI's own templates name), except the shapes model's,
+  which come with the pack.
+- The node under an Enfoque Attention Maps leaves it room to grow after a run.
 - Their links and widget values agree with the live server's /object_info, and the
   server lists and serves them and their thumbnails.
 - In the browser (tests/browser/templates.mjs): loaded as the template browser loads
@@ -36,11 +41,19 @@ from test_frontend import (  # noqa: F401  (browser_models is a fixture)
     run_browser_script,
 )
 
+if str(REPO_ROOT / "tools") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+import templates as tool  # noqa: E402  (tools/templates.py)
+from templates import FRONTEND_ONLY, api_prompt, widget_inputs  # noqa: E402, F401  (test_shapes_model uses api_prompt)
+
 EXAMPLES = REPO_ROOT / "example_workflows"
-FRONTEND_ONLY = {"MarkdownNote", "Note"}  # virtual nodes: drawn by the frontend, never sent to the server
 GROUPS = ["Load", "Encode", "Sample", "Look"]
 TITLE_H = 30
-FIXED_NAMES = {"shapes_attention_maps"}  # issue #11 fixes this file name (example_workflows/shapes_attention_maps.json)
+# the folder under models/ each loader reads its files from
+LOADER_FOLDERS = {"CheckpointLoaderSimple": "checkpoints", "UNETLoader": "diffusion_models", "VAELoader": "vae",
+                  "CLIPLoader": "text_encoders", "DualCLIPLoader": "text_encoders", "TripleCLIPLoader": "text_encoders"}
+PACK_FILES = re.compile(r"enfoque_shapes_\w+\.safetensors")  # the shapes model's files: they come with the pack
+MAPS_ROOM = 320  # under an Enfoque Attention Maps (it grows to 300 px after a run), measured from its top
 
 
 def display_names() -> dict[str, str]:
@@ -73,9 +86,8 @@ def test_every_template_has_a_readable_title_and_a_thumbnail():
     paths = ui_workflows()
     assert len(paths) >= 4, [p.name for p in paths]
     for p in paths:
-        title = p.stem  # the template browser shows the file name
-        if title not in FIXED_NAMES:
-            assert re.fullmatch(r"[A-Z][A-Za-z0-9.]*( [A-Za-z0-9.,]+)* - [a-z][a-z0-9 ,.]+", title), title
+        title = p.stem  # the template browser shows the file name: one pattern, "<Model> - <what it teaches>"
+        assert re.fullmatch(r"[A-Z][A-Za-z0-9.]*( [A-Za-z0-9.,]+)* - [a-z][a-z0-9 ,.]+", title), title
         thumb = p.with_suffix(".jpg")
         assert thumb.is_file(), f"{p.name}: no thumbnail {thumb.name}"
         with Image.open(thumb) as im:
@@ -132,44 +144,141 @@ def test_saved_sizes_do_not_overlap(path):
             assert dx <= 0 or dy <= 0, f"{path.name}: {a[0]} and {b[0]} overlap"
 
 
-# --------------------------------------------------------------------------- against the server
+def templates_by_name() -> dict:
+    """What tools/templates.py builds for each template (name -> Template)."""
+    return {t.name: t for t in (make() for make in tool.TEMPLATES)}
 
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+def note_of(workflow: dict) -> str:
+    return next(n for n in workflow["nodes"] if n["type"] in FRONTEND_ONLY)["widgets_values"][0]
 
 
-def widget_inputs(spec: dict) -> list[tuple[str, int]]:
-    """A node's widget inputs in the order the frontend saves their values (/object_info's order,
-    required then optional), each with how many values it saves (2 with "control after generate")."""
-    out = []
-    for section in ("required", "optional"):
-        for name, conf in (spec["input"].get(section) or {}).items():
-            kind = "COMBO" if isinstance(conf[0], list) else conf[0]
-            if kind in WIDGET_TYPES:
-                opts = conf[1] if len(conf) > 1 and isinstance(conf[1], dict) else {}
-                out.append((name, 2 if opts.get("control_after_generate") else 1))
+def test_descriptions_say_what_the_template_teaches():
+    """Each template carries a description (extra.info.description) that says what it teaches, in a sentence
+    of its own (not its title again), and its Note opens with it, under the heading."""
+    seen = set()
+    for p in ui_workflows():
+        wf = load(p)
+        description = wf["extra"]["info"].get("description", "")
+        assert 60 <= len(description) <= 240 and description.endswith("."), (p.stem, description)
+        assert p.stem not in description, f"{p.stem}: the description repeats the title"
+        assert description not in seen, f"{p.stem}: the same description as another template"
+        seen.add(description)
+        paragraphs = note_of(wf).split("\n\n")
+        assert paragraphs[0].startswith("## ") and paragraphs[1] == description, (p.stem, paragraphs[:2])
+
+
+def model_files(workflow: dict):
+    """(loader node, file name) for every model file a loader loads."""
+    for n in workflow["nodes"]:
+        if n["type"] in LOADER_FOLDERS:
+            for value in n["widgets_values"]:
+                if isinstance(value, str) and value.endswith(".safetensors"):
+                    yield n, value
+
+
+@pytest.mark.parametrize("path", ui_workflows(), ids=lambda p: p.stem)
+def test_every_model_file_is_listed_with_its_folder_and_download_address(path):
+    """ComfyUI's missing-models dialog reads a loader's properties.models on load: each file the loader loads
+    is listed there with the folder it goes in and an https address on the Hugging Face hub, and the Note
+    names it in that folder. The shapes model's files come with the pack: no address, the Note says how to
+    install them."""
+    wf = load(path)
+    note = note_of(wf)
+    files = list(model_files(wf))
+    assert files
+    for node, name in files:
+        listed = [m for m in node["properties"].get("models", []) if m["name"] == name]
+        if PACK_FILES.fullmatch(name):
+            assert not listed, f"{path.stem}: {name} comes with the pack; it has no download address"
+            assert "no download" in note and "tools/shapes.py install" in note, path.stem
+            continue
+        assert len(listed) == 1, f"{path.stem}: {node['type']} does not list {name} in properties.models"
+        model = listed[0]
+        assert model["directory"] == LOADER_FOLDERS[node["type"]], (path.stem, model)
+        assert re.fullmatch(r"https://huggingface\.co/[\w.-]+/[\w.-]+/resolve/main/[\w./-]+", model["url"]), model
+        assert model["url"].endswith("/" + name), model
+        assert f"`{model['directory']}/{name}`" in note, f"{path.stem}: the Note does not name {model['directory']}/{name}"
+    for n in wf["nodes"]:  # nothing listed that the loader does not load
+        for m in n["properties"].get("models", []):
+            assert m["name"] in n["widgets_values"], (path.stem, m)
+
+
+def urls(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from urls(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from urls(v)
+    elif isinstance(value, str):
+        yield from re.findall(r"\b[a-z][a-z0-9+.-]*://[^\s`)\]\"']+", value)
+
+
+def test_every_address_in_every_template_is_https():
+    for p in ui_workflows():
+        found = list(urls(load(p)))
+        assert all(u.startswith("https://") for u in found), (p.stem, [u for u in found if not u.startswith("https://")])
+        if not all(PACK_FILES.fullmatch(name) for _, name in model_files(load(p))):
+            assert found, f"{p.stem}: no download address"
+
+
+def comfyui_template_models() -> dict[tuple[str, str], set[str]]:
+    """(file, folder) -> the addresses ComfyUI's own templates give it (comfyui-workflow-templates)."""
+    import importlib.util
+
+    out: dict[tuple[str, str], set[str]] = {}
+    for package in ("comfyui_workflow_templates_media_image", "comfyui_workflow_templates_media_video",
+                    "comfyui_workflow_templates_media_other"):
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for f in Path(next(iter(spec.submodule_search_locations)), "templates").glob("*.json"):
+            try:
+                wf = json.loads(f.read_text(encoding="utf-8"))
+            except ValueError:
+                continue
+            if not isinstance(wf, dict):
+                continue
+            graphs = [wf, *((wf.get("definitions") or {}).get("subgraphs") or [])]
+            for n in (n for g in graphs for n in g.get("nodes") or []):
+                for m in (n.get("properties") or {}).get("models") or []:
+                    url = m.get("url", "").removesuffix("?download=true")
+                    out.setdefault((m.get("name"), m.get("directory")), set()).add(url)
     return out
 
 
-def api_prompt(workflow: dict, info: dict) -> dict:
-    """A saved (UI) workflow as the prompt the frontend queues: links become inputs, widget values go to
-    the node's widget inputs (a seed's "control after generate" value is the frontend's own)."""
-    links = {link[0]: link for link in workflow["links"]}
-    prompt = {}
-    for n in workflow["nodes"]:
-        if n["type"] in FRONTEND_ONLY or n.get("mode", 0) != 0:
-            continue
-        inputs = {}
-        for inp in n.get("inputs") or []:
-            if inp.get("link") is not None:
-                _, src, slot, *_ = links[inp["link"]]
-                inputs[inp["name"]] = [str(src), slot]
-        values = list(n.get("widgets_values") or [])
-        for name, count in widget_inputs(info[n["type"]]):
-            value, values = values[0], values[count:]
-            inputs.setdefault(name, value)  # a widget converted to a linked input keeps its link
-        prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}
-    return prompt
+def test_download_addresses_are_the_ones_comfyuis_own_templates_give():
+    """The official files: each (file, folder, address) is one that ComfyUI's own templates name."""
+    official = comfyui_template_models()
+    if not official:
+        pytest.skip("comfyui-workflow-templates is not installed (ComfyUI's requirements install it)")
+    for p in ui_workflows():
+        for n in load(p)["nodes"]:
+            for m in n["properties"].get("models", []):
+                assert m["url"] in official.get((m["name"], m["directory"]), set()), (p.stem, m)
 
+
+@pytest.mark.parametrize("path", ui_workflows(), ids=lambda p: p.stem)
+def test_attention_maps_leave_room_to_grow(path):
+    """After a run Enfoque Attention Maps grows with its word chips, up to 300 px (then they scroll): any node
+    under it (or beside it, where it could overlap) starts, title bar included, at least 320 px below its top,
+    and its group holds it grown."""
+    nodes = load(path)["nodes"]
+    groups = load(path)["groups"]
+    for m in (n for n in nodes if n["type"] == "EnfoqueAttentionMaps"):
+        x0, x1, top = m["pos"][0], m["pos"][0] + m["size"][0], m["pos"][1]
+        for n in nodes:
+            if n is m or n["pos"][0] >= x1 or n["pos"][0] + n["size"][0] <= x0 or n["pos"][1] <= top:
+                continue
+            assert n["pos"][1] - TITLE_H >= top + MAPS_ROOM, (
+                f"{path.stem}: {n['type']} starts {n['pos'][1] - TITLE_H - top} px below Enfoque Attention Maps' top")
+        g = next(g for g in groups if g["bounding"][0] <= x0 and x1 <= g["bounding"][0] + g["bounding"][2]
+                 and g["bounding"][1] <= top <= g["bounding"][1] + g["bounding"][3])
+        assert g["bounding"][1] + g["bounding"][3] >= top + MAPS_ROOM - 20, path.stem
+
+
+# --------------------------------------------------------------------------- against the server
 
 def _socket_types(spec: dict) -> tuple[dict[str, str], list[str]]:
     """Input name -> type, and output types, from one /object_info entry."""
