@@ -2,7 +2,8 @@
 
 - They are what tools/templates.py writes (conventions in docs/templates.md).
 - Each has a title of one pattern, "<Model> - <what it teaches>" (its file name), a
-  description of what it teaches, a .jpg thumbnail next to it, the groups
+  description of what it teaches, a .jpg thumbnail next to it that shows what it gives
+  (the shapes templates' own output, the others a labelled illustration), the groups
   "Load", "Encode", "Sample", "Look", a Note that names the model files and where they
   go and says what each Enfoque node in it does; one shows EnfoqueTokenWeights, one
   animates the maps over the steps with stock SaveAnimatedWEBP.
@@ -20,6 +21,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import re
@@ -29,6 +31,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from host import REPO_ROOT
 from PIL import Image
@@ -54,6 +57,7 @@ LOADER_FOLDERS = {"CheckpointLoaderSimple": "checkpoints", "UNETLoader": "diffus
                   "CLIPLoader": "text_encoders", "DualCLIPLoader": "text_encoders", "TripleCLIPLoader": "text_encoders"}
 PACK_FILES = re.compile(r"enfoque_shapes_\w+\.safetensors")  # the shapes model's files: they come with the pack
 MAPS_ROOM = 320  # under an Enfoque Attention Maps (it grows to 300 px after a run), measured from its top
+THUMB_SIZE = (800, 600)
 
 
 def display_names() -> dict[str, str]:
@@ -91,7 +95,7 @@ def test_every_template_has_a_readable_title_and_a_thumbnail():
         thumb = p.with_suffix(".jpg")
         assert thumb.is_file(), f"{p.name}: no thumbnail {thumb.name}"
         with Image.open(thumb) as im:
-            assert im.format == "JPEG" and im.width >= 400 and im.height >= 300, (thumb.name, im.size)
+            assert im.format == "JPEG" and im.size == THUMB_SIZE, (thumb.name, im.size)
         assert thumb.stat().st_size < 400_000
         assert load(p)["extra"]["info"]["title"] == title
 
@@ -278,6 +282,37 @@ def test_attention_maps_leave_room_to_grow(path):
         assert g["bounding"][1] + g["bounding"][3] >= top + MAPS_ROOM - 20, path.stem
 
 
+def difference(a: Image.Image, b: Image.Image, size: tuple[int, int] | None = None) -> float:
+    """Mean absolute difference of two pictures (0..255), at ``size`` if given."""
+    if size:
+        a, b = (im.convert("RGB").resize(size, Image.Resampling.BOX) for im in (a, b))
+    return float(np.abs(np.asarray(a.convert("RGB"), np.float32) - np.asarray(b.convert("RGB"), np.float32)).mean())
+
+
+@functools.cache
+def fresh_illustration(name: str) -> Image.Image:
+    return tool.illustration(templates_by_name()[name])
+
+
+def test_thumbnails_of_the_other_models_are_labelled_illustrations():
+    """Templates whose models are too large to run here get an illustration of their kind of result (Enfoque's
+    renderer on synthetic maps with the template's words) labelled ILLUSTRATION: the committed one is what
+    `tools/templates.py thumbnails` draws now. The shapes templates' carry the REAL OUTPUT label (their
+    pictures: test_shapes_thumbnails_are_the_templates_own_output)."""
+    pytest.importorskip("torch")
+    for t in templates_by_name().values():
+        with Image.open(EXAMPLES / f"{t.name}.jpg") as committed:
+            committed.load()
+        assert committed.size == THUMB_SIZE, f"{t.name}: a {committed.size} thumbnail is no picture the tool draws"
+        if t.picture == "shapes":
+            blank = tool.shapes_thumbnail(t, {"save": [Image.new("RGB", (128, 128))], "image": [Image.new("RGB", (8, 8))]})
+            band = (0, 0, 240, 64)  # the badge
+            assert difference(committed.crop(band), blank.crop(band), (60, 16)) < 4, t.name
+            continue
+        assert difference(committed, fresh_illustration(t.name)) < 3, (
+            f"{t.name}: the thumbnail is not the labelled illustration; run `python tools/templates.py thumbnails`")
+
+
 # --------------------------------------------------------------------------- against the server
 
 def _socket_types(spec: dict) -> tuple[dict[str, str], list[str]]:
@@ -359,6 +394,24 @@ def test_template_browser_lists_and_serves_templates_and_thumbnails(comfy_server
             assert json.loads(r.read()) == load(p)
         with urllib.request.urlopen(base + ".jpg", timeout=30) as r:
             assert r.headers["Content-Type"] == "image/jpeg" and r.read() == p.with_suffix(".jpg").read_bytes()
+
+
+@pytest.mark.server
+def test_shapes_thumbnails_are_the_templates_own_output(comfy_server):
+    """Each shapes template's thumbnail is its own output: the template queued as the frontend queues it on the
+    installed shapes model, its picture and its Enfoque Heatmaps composed as `tools/templates.py thumbnails`
+    composes them (a CPU whose float sums differ may shift a few pixels: a small tolerance)."""
+    import shapes
+
+    if not (shapes.MODELS / shapes.DIT_FILE).is_file():
+        pytest.skip("models/ lacks the shapes model files (run `python tools/shapes.py train`)")
+    shapes.install(comfy_server.models_dir)  # the example picture: the comfy_server fixture writes it
+    for t in (t for t in templates_by_name().values() if t.picture == "shapes"):
+        fresh = tool.shapes_thumbnail(t, tool.shapes_outputs(comfy_server, t))
+        with Image.open(EXAMPLES / f"{t.name}.jpg") as committed:
+            assert committed.size == THUMB_SIZE, f"{t.name}: a {committed.size} thumbnail is no picture the tool draws"
+            assert difference(committed, fresh) < 6, (
+                f"{t.name}: the thumbnail is not the template's output; run `python tools/templates.py thumbnails`")
 
 
 # --------------------------------------------------------------------------- in the browser

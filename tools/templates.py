@@ -2,6 +2,8 @@
 
     .venv/bin/python tools/templates.py                 # write them
     .venv/bin/python tools/templates.py --check         # exit 1 if a file differs from what this writes
+    .venv/bin/python tools/templates.py thumbnails      # write their .jpg thumbnails (a headless ComfyUI
+                                                        # runs the shapes ones; --illustrations: only the others)
 
 Conventions (docs/templates.md): the file name is the title the template browser
 shows, "<Model> - <what it teaches>"; a description of what it teaches opens the
@@ -13,8 +15,8 @@ Enfoque node does; nodes never overlap at their rendered size (title bar include
 also after a run, when previews and word chips have appeared, and Enfoque Attention
 Maps has room to grow. Sizes below are at least the frontend's own minimum for each
 node (tests/test_frontend.py measures them in the browser). The thumbnails (same
-name, .jpg) are screenshots the browser test takes:
-``ENFOQUE_THUMBNAILS=1 .venv/bin/python -m pytest tests/test_templates.py -k browser``.
+name, .jpg) show what the template gives: the shapes templates' own output, the
+others a labelled illustration drawn by the pack's renderer.
 """
 
 from __future__ import annotations
@@ -187,6 +189,10 @@ class Template:
     nodes: list[Node]
     links: list[tuple[str, str, str, str]]  # (from key, output name, to key, input name)
     rows: list[list[str]] = field(default_factory=lambda: [["Load", "Encode", "Sample"], ["Look"]])
+    # its thumbnail: "shapes", the template's own output on the shapes model; else an illustration of its
+    # result: "words" (a heatmap per word), "steps" (frames over the steps), "weights" (maps with and
+    # without the word weights), "frames" (maps per latent frame of a video)
+    picture: str = "words"
 
 
 def layout(t: Template) -> list[dict]:
@@ -498,7 +504,8 @@ def sd35_steps() -> Template:
     links = SD35_WIRING + look_links
     return Template("SD3.5 - attention over the denoising steps",
                     "Watch the words find their place while SD3.5 denoises: the maps of each sampling step, drawn "
-                    "over the picture one step per frame and saved as an animated WEBP.", nodes, links)
+                    "over the picture one step per frame and saved as an animated WEBP.", nodes, links,
+                    picture="steps")
 
 
 def flux() -> Template:
@@ -538,7 +545,7 @@ def sdxl() -> Template:
     return Template("SDXL - word weights inside attention",
                     "Make a word count more or less inside the model's attention with Enfoque Token Weights "
                     "(raincoat stronger, rain weaker), then see in the maps where each weighted word acts.", nodes,
-                    links)
+                    links, picture="weights")
 
 
 # --------------------------------------------------------------------------- Step 13's families
@@ -647,7 +654,8 @@ def wan() -> Template:
     links = [*wiring(("unet", "MODEL"), ("clip", "CLIP"), ("vae", "VAE")), *look_links]
     return Template("Wan 2.1 - attention maps per word over the video",
                     "See where each word lands in a video Wan 2.1 makes: Enfoque keeps one map per latent frame "
-                    "and draws their mean; set over to frames to get one picture per frame.", nodes + look, links)
+                    "and draws their mean; set over to frames to get one picture per frame.", nodes + look, links,
+                    picture="frames")
 
 
 # --------------------------------------------------------------------------- the shapes model (tools/shapes.py)
@@ -697,7 +705,7 @@ def shapes() -> Template:
     return Template("Shapes - attention maps per word",
                     "Try Enfoque in a minute on a CPU, with the pack's small shapes model and nothing to download: "
                     "where each word (red, circle, blue, square) lands in the picture it draws.", nodes,
-                    SHAPES_WIRING + look_links)
+                    SHAPES_WIRING + look_links, picture="shapes")
 
 
 def shapes_concepts() -> Template:
@@ -716,7 +724,7 @@ def shapes_concepts() -> Template:
     return Template("Shapes - concept maps",
                     "Concept maps: concepts you name (circle, square, triangle, background) run beside the prompt "
                     "without changing the picture, and show which concept each pixel belongs to.", nodes + look,
-                    links)
+                    links, picture="shapes")
 
 
 def shapes_explain() -> Template:
@@ -756,7 +764,8 @@ def shapes_explain() -> Template:
     ]
     return Template("Shapes - explain an image",
                     "Explain a picture you already have: Enfoque Image Maps noises it, runs the model on it and "
-                    "maps where each word of its description and each concept sits.", nodes, links)
+                    "maps where each word of its description and each concept sits.", nodes, links,
+                    picture="shapes")
 
 
 TEMPLATES = [sd35, flux, sdxl, sd35_steps, flux2, qwen_image, z_image, chroma, wan, shapes, shapes_concepts,
@@ -803,11 +812,248 @@ def api_prompt(workflow: dict, info: dict) -> dict:
     return prompt
 
 
+# --------------------------------------------------------------------------- thumbnails
+# A thumbnail shows what the template gives. The shapes templates' thumbnails are their own output: the
+# template queued in a live server with the shapes model installed, its picture and its Enfoque Heatmaps
+# side by side. The other templates' models are too large to run here: their thumbnails are illustrations
+# of their kind of result, drawn by the pack's own renderer (attention/render.py) on synthetic maps with the
+# template's words, and labelled as such.
+
+THUMB_SIZE = (800, 600)
+THUMB_QUALITY = 88
+THUMB_BG = (24, 24, 24)
+ILLUSTRATION = "ILLUSTRATION"
+REAL_OUTPUT = "REAL OUTPUT"
+BADGES = {ILLUSTRATION: (242, 182, 50), REAL_OUTPUT: (80, 190, 110)}
+SPOTS = [(0.32, 0.58), (0.7, 0.62), (0.5, 0.24), (0.18, 0.22), (0.82, 0.2), (0.5, 0.85)]
+
+
+def _render():
+    """attention/render.py and its maps (torch), imported only when thumbnails are drawn."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from attention import render
+    from attention.maps import AttentionMaps
+
+    return render, AttentionMaps
+
+
+def template_words(t: Template, key: str = "maps") -> list[str]:
+    """The words a template's Enfoque Attention Maps reads (its words widget)."""
+    node = next(n for n in t.nodes if n.key == key)
+    return [w.strip() for w in node.widgets[0].split(",") if w.strip()]
+
+
+def synthetic_maps(n: int, seed: int, sharpness: float = 1.0, shift: float = 0.0, size: int = 40):
+    """``[1, n, size, size]``: map i a soft spot at ``SPOTS[i]`` (moved right by ``shift``) over faint noise;
+    ``sharpness`` 0 is noise alone, 1 the spot."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    maps = []
+    for i in range(n):
+        cy, cx = SPOTS[i % len(SPOTS)]
+        sx, sy = (0.08 + 0.08 * float(v) for v in torch.rand(2, generator=g))
+        spot = torch.exp(-((xs - cx - shift * (i % 2 == 0)) ** 2 / (2 * sx**2) + (ys - cy) ** 2 / (2 * sy**2)))
+        noise = torch.rand((size, size), generator=g)
+        maps.append(sharpness * spot + (0.25 + 0.75 * (1 - sharpness)) * 0.5 * noise)
+    return torch.stack(maps)[None]
+
+
+def _pil(image):
+    """The first picture of a ComfyUI IMAGE ``[B, H, W, 3]`` as a PIL image."""
+    import torch
+    from PIL import Image
+
+    return Image.fromarray((image[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy())
+
+
+def illustration_parts(t: Template) -> list:
+    """The pictures an illustration thumbnail shows (PIL images), drawn by Enfoque's renderer."""
+    import zlib
+
+    import torch
+
+    render, AttentionMaps = _render()
+    seed = zlib.crc32(t.name.encode())
+    if t.picture == "weights":
+        words = template_words(t)
+        weights = dict((w.strip(), float(v)) for w, v in (x.split(":") for x in next(
+            n for n in t.nodes if n.type == "EnfoqueTokenWeights").widgets[0].split(",")))
+        base = synthetic_maps(len(words), seed)
+        scale = torch.tensor([next((v for w, v in weights.items() if w in word.split()), 1.0) for word in words])
+        rows = []
+        for title, maps in (("without weights", base), (", ".join(f"{w}:{v:g}" for w, v in weights.items()),
+                                                          base * scale[None, :, None, None])):
+            panels = render.heatmap_panels(AttentionMaps(maps=maps, words=words), columns=len(words))
+            rows.append(render.titled(panels, title))
+        return [_pil(torch.cat(rows, dim=1))]
+    if t.picture in ("steps", "frames"):
+        words = template_words(t)
+        if t.picture == "steps":
+            total = next(n for n in t.nodes if n.type == "KSampler").widgets[2]
+            ticks = [1, total // 4, total // 2, total]
+            frames = [(f"step {k}  sigma {3 * (1 - (k - 1) / total) / (1 + 2 * (1 - (k - 1) / total)):.3f}",
+                       synthetic_maps(len(words), seed, sharpness=k / total)) for k in ticks]
+        else:
+            ticks = [0, 3, 6, 8]
+            frames = [(f"latent frame {k}", synthetic_maps(len(words), seed, shift=0.04 * k - 0.16)) for k in ticks]
+        pictures = []
+        for i, (caption, maps) in enumerate(frames):
+            panels = render.heatmap_panels(AttentionMaps(maps=maps, words=words), columns=len(words))
+            pictures.append(_pil(render.titled(panels, f"{caption}   ({ticks[i] + (t.picture == 'frames')}/"
+                                                        f"{ticks[-1] + (t.picture == 'frames')})")))
+        return [_grid(pictures, 2)]
+    words = template_words(t)
+    maps = synthetic_maps(len(words), seed)
+    return [_pil(render.heatmap_panels(AttentionMaps(maps=maps, words=words), columns=2 if len(words) <= 4 else 3))]
+
+
+def _grid(pictures: list, columns: int, gap: int = 8):
+    from PIL import Image
+
+    w, h = pictures[0].size
+    rows = -(-len(pictures) // columns)
+    out = Image.new("RGB", (columns * w + (columns - 1) * gap, rows * h + (rows - 1) * gap), THUMB_BG)
+    for i, p in enumerate(pictures):
+        out.paste(p, ((i % columns) * (w + gap), (i // columns) * (h + gap)))
+    return out
+
+
+def compose(parts: list, badge: str, text: str):
+    """The thumbnail: a badge (what the picture is) and a line of text on top, then ``parts`` side by
+    side at one height, as large as the rest of the picture allows."""
+    from PIL import Image, ImageDraw
+
+    render, _ = _render()
+    width, height = THUMB_SIZE
+    pad, top = 16, 72
+    canvas = Image.new("RGB", THUMB_SIZE, THUMB_BG)
+    draw = ImageDraw.Draw(canvas)
+    font = render.load_font(30)
+    left, ftop, right, fbottom = font.getbbox(badge)
+    bw = right - left + 28
+    draw.rounded_rectangle((pad, 14, pad + bw, 58), radius=8, fill=BADGES[badge])
+    draw.text((pad + 14 - left, 36 - (ftop + fbottom) / 2), badge, fill=(0, 0, 0), font=font)
+    small = render.load_font(19)
+    lines = _wrap(text, small, width - 3 * pad - bw)
+    for i, line in enumerate(lines[:2]):
+        draw.text((2 * pad + bw, 16 + 22 * i + (11 if len(lines) == 1 else 0)), line, fill=(225, 225, 225), font=small)
+    gap = 12
+    avail_w, avail_h = width - 2 * pad - gap * (len(parts) - 1), height - top - pad
+    h = min(avail_h, avail_w / sum(p.width / p.height for p in parts))
+    sizes = [(round(p.width * h / p.height), round(h)) for p in parts]
+    x = (width - sum(w for w, _ in sizes) - gap * (len(parts) - 1)) // 2
+    y = top + (avail_h - round(h)) // 2
+    for p, (w, hh) in zip(parts, sizes, strict=True):
+        canvas.paste(p.resize((w, hh), Image.Resampling.LANCZOS), (x, y))
+        x += w + gap
+    return canvas
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and font.getlength(trial) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return [*lines, line] if line else lines
+
+
+def illustration(t: Template):
+    model = t.name.split(" - ")[0]
+    return compose(illustration_parts(t), ILLUSTRATION,
+                   f"Synthetic maps with this template's words, drawn by Enfoque's renderer; not {model}'s "
+                   "output.")
+
+
+def shapes_outputs(server, t: Template) -> dict[str, list]:
+    """Queue a shapes template in a live server (the shapes model installed, tools/shapes.py) as the frontend
+    queues it; the pictures it shows, by the key of their node (the loaded picture under the LoadImage's)."""
+    from PIL import Image
+
+    wf = build(t)  # also gives the nodes their ids
+    by_id = {str(n.id): n.key for n in t.nodes}
+    entry = server.run(api_prompt(wf, server.object_info()), timeout=300)
+    out: dict[str, list] = {}
+    for nid, o in entry["outputs"].items():
+        for im in o.get("images", []):
+            path = server.base_dir / im.get("type", "output") / im.get("subfolder", "") / im["filename"]
+            with Image.open(path) as f:
+                out.setdefault(by_id[nid], []).append(f.convert("RGB"))
+    for n in t.nodes:
+        if n.type == "LoadImage":
+            with Image.open(server.input_dir / n.widgets[0]) as f:
+                out[n.key] = [f.convert("RGB")]
+    return out
+
+
+def shapes_thumbnail(t: Template, outputs: dict[str, list]):
+    """The picture and the Enfoque Heatmaps a shapes template showed after its run."""
+    picture = (outputs.get("save") or outputs["image"])[0]
+    heat = [outputs[k][0] for k in ("heat", "cheat") if k in outputs]
+    seed = next((n.widgets[0] for n in t.nodes if n.type == "KSampler"), None)
+    made = "drawn by the shapes model" + (f" (seed {seed})" if seed is not None else "")
+    what = "the loaded picture and its maps" if "image" in outputs else f"the picture {made} and its maps"
+    return compose([picture, *heat], REAL_OUTPUT, f"This template's own output, run on the shapes model: {what}.")
+
+
+def save_thumbnail(image, path: Path) -> None:
+    image.save(path, "JPEG", quality=THUMB_QUALITY, optimize=True)
+
+
+def thumbnails(server_run: bool = True) -> list[Path]:
+    """Write every template's thumbnail; the shapes ones in a live server (ComfyUI host: tests/host.py)."""
+    written = []
+    shapes_templates = []
+    for make in TEMPLATES:
+        t = make()
+        if t.picture == "shapes":
+            shapes_templates.append(t)
+            continue
+        save_thumbnail(illustration(t), OUT / f"{t.name}.jpg")
+        written.append(OUT / f"{t.name}.jpg")
+    if server_run and shapes_templates:
+        import tempfile
+
+        sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tools")]
+        import host
+        import shapes
+
+        comfy_path = host.find_comfyui()
+        if comfy_path is None:
+            raise SystemExit(f"thumbnails: {host.NO_HOST_REASON}")
+        with tempfile.TemporaryDirectory() as base:
+            server = host.ComfyServer(comfy_path, Path(base))
+            server.start()
+            try:
+                shapes.install(server.models_dir)
+                shapes.write_example(server.input_dir)
+                server.wait_ready()
+                for t in shapes_templates:
+                    save_thumbnail(shapes_thumbnail(t, shapes_outputs(server, t)), OUT / f"{t.name}.jpg")
+                    written.append(OUT / f"{t.name}.jpg")
+            except Exception:
+                print(server.log()[-4000:], file=sys.stderr)
+                raise
+            finally:
+                server.stop()
+    return written
+
+
 def render(t: Template) -> str:
     return json.dumps(build(t), indent=1, ensure_ascii=False) + "\n"
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["thumbnails"]:
+        for path in thumbnails(server_run="--illustrations" not in argv):
+            print(f"wrote {path.relative_to(ROOT)}")
+        return 0
     check = "--check" in argv
     stale = []
     for make in TEMPLATES:
