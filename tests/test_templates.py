@@ -13,9 +13,12 @@
 - The node under an Enfoque Attention Maps leaves it room to grow after a run.
 - Their links and widget values agree with the live server's /object_info, and the
   server lists and serves them and their thumbnails.
-- In the browser (tests/browser/templates.mjs): loaded as the template browser loads
-  them, no two nodes overlap at their rendered size, before and after a run with its
-  previews and chips showing; screenshots go to out/artifacts/frontend/.
+- In the browser (tests/browser/templates.mjs): the template browser's cards show their
+  thumbnails; opened from its card, each template's missing-models dialog lists its
+  files with their folders and addresses, its Note starts with its description, and no
+  two nodes overlap at their rendered size, before and after a run with its previews
+  and chips showing, in the worst case for Enfoque Attention Maps; screenshots go to
+  out/artifacts/frontend/.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import ast
 import functools
 import json
-import os
 import re
 import subprocess
 import sys
@@ -417,23 +419,68 @@ def test_shapes_thumbnails_are_the_templates_own_output(comfy_server):
 # --------------------------------------------------------------------------- in the browser
 
 
-@pytest.mark.server
-@pytest.mark.usefixtures("browser_models")
-def test_templates_in_the_browser_never_overlap(comfy_server):
-    """Each template loaded in the real frontend, measured before and after a run with its previews and
-    chips showing: no overlapping nodes, none smaller than its content, no chips outside their node."""
+@pytest.fixture(scope="module")
+def in_the_browser(comfy_server, browser_models):  # noqa: F811  (browser_models: the fixture)
+    """tests/browser/templates.mjs, run once: the template browser's cards, then each template opened from its
+    card, measured, run and measured again."""
     reason = browser_missing()
     if reason:
         pytest.skip(reason)
-    for old in ARTIFACTS.glob("template*.png"):  # template_*.png and templates_failure.png
+    for old in ARTIFACTS.glob("template*.png"):  # template_*.png, templates_browser.png, templates_failure.png
         old.unlink()
-    # ENFOQUE_THUMBNAILS=1 also writes each template's .jpg thumbnail (a view of it as it opens)
-    thumbs = ["--thumbnails", "1"] if os.environ.get("ENFOQUE_THUMBNAILS") == "1" else []
-    result, _ = run_browser_script(
-        comfy_server, BROWSER_DIR / "templates.mjs", ["--templates", str(EXAMPLES), *thumbs], timeout=600
-    )
-    names = {p.stem for p in ui_workflows()}
-    assert set(result["templates"]) == names
+    result, _ = run_browser_script(comfy_server, BROWSER_DIR / "templates.mjs", ["--templates", str(EXAMPLES)],
+                                   timeout=900)
+    assert set(result["templates"]) == {p.stem for p in ui_workflows()}
+    return result
+
+
+@pytest.mark.server
+def test_template_browser_cards_show_what_each_template_gives(in_the_browser):
+    """Workflow > Browse Templates, the pack's category: one card per template, titled with its name, showing
+    its thumbnail (800x600: the committed picture, which for the other models is the labelled illustration)."""
+    cards = in_the_browser["cards"]
+    assert sorted(cards) == sorted(p.stem for p in ui_workflows())
+    for name, card in cards.items():
+        thumb = card["thumbnail"]
+        assert card["title"] == name and thumb and (thumb["width"], thumb["height"]) == THUMB_SIZE, (name, card)
+        shown = Image.frombytes("RGB", (32, 24), bytes(thumb["pixels"]))
+        with Image.open(EXAMPLES / f"{name}.jpg") as committed:
+            assert difference(shown, committed, (32, 24)) < 10, f"{name}: the card does not show {name}.jpg"
+        if templates_by_name()[name].picture != "shapes":
+            assert difference(shown, fresh_illustration(name), (32, 24)) < 10, name
+        print(f"card {name!r}: description {card['description']!r}")
+
+
+@pytest.mark.server
+def test_missing_models_dialog_lists_each_file_with_its_folder_and_address(in_the_browser):
+    """Opened from its card with none of its model files on the server, each template makes ComfyUI's missing-
+    models dialog list exactly the files it loads, each as "<folder> / <file>" with its https address and a
+    working Download button; the shapes templates (their files come with the pack) open no such dialog."""
+    for p in ui_workflows():
+        expected = sorted({(m["directory"] + " / " + m["name"], m["url"])
+                           for n in load(p)["nodes"] for m in n["properties"].get("models", [])})
+        listed = in_the_browser["templates"][p.stem]["missing_models"]
+        assert sorted((e["label"], e["url"]) for e in listed) == expected, p.stem
+        assert all(e["enabled"] and not e["error"] and e["url"].startswith("https://") for e in listed), listed
+        if not all(PACK_FILES.fullmatch(name) for _, name in model_files(load(p))):
+            assert listed, f"{p.stem}: no missing-models dialog"
+
+
+@pytest.mark.server
+def test_opened_template_shows_its_description_first(in_the_browser):
+    """Opened from its card, the template's Note reads its description first, under its heading."""
+    for p in ui_workflows():
+        (note,) = in_the_browser["templates"][p.stem]["notes"]
+        assert note.split("\n\n")[1] == load(p)["extra"]["info"]["description"], p.stem
+
+
+@pytest.mark.server
+def test_templates_in_the_browser_never_overlap(in_the_browser):
+    """Each template opened from its card in the real frontend, measured before and after a run with its
+    previews and chips showing: no overlapping nodes, none smaller than its content, no chips outside their
+    node. The run is the worst case for Enfoque Attention Maps (every word of a long prompt), and after it
+    each one is measured as tall as the frontend lets it grow (300 px)."""
+    result = in_the_browser
     for name, entry in result["templates"].items():
         for phase in ("before", "after"):
             seen = entry[phase]
@@ -443,7 +490,8 @@ def test_templates_in_the_browser_never_overlap(comfy_server):
             assert seen["clipped"] == [], f"{name}, {phase} the run: widgets cut off {seen['clipped']}"
         assert entry["groups"] == GROUPS
         assert any(c["chips"] for c in entry["chips"]), f"{name}: no word chips after the run"
-        print(f"{name}: {entry['before']['nodes']} nodes; grown by the run: {entry['grown']}")
+        print(f"{name}: {entry['before']['nodes']} nodes; Attention Maps after the run: {entry['maps_heights']} px; "
+              f"grown by the run: {entry['grown']}")
     shots = [Path(s) for s in result["screenshots"]]
     assert all(s.is_file() and s.parent == ARTIFACTS for s in shots)
     print(f"screenshots: {len(shots)} in {ARTIFACTS}; the check took {result['seconds']:.1f}s on {CHROMIUM}")
