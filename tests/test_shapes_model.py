@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def shapes_graph(caption: str, seed: int) -> dict:
-    """The graph example_workflows/shapes_attention_maps.json describes, in API form."""
+    """The graph example_workflows/"Shapes - attention maps per word.json" describes, in API form."""
     return {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": shapes.DIT_FILE, "weight_dtype": "default"}},
         "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": shapes.CLIP_FILE, "type": "sd3"}},
@@ -145,7 +145,7 @@ def test_stock_and_patched_clip_maps_agree(quality):
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("name", ["shapes_attention_maps", "Shapes - concept maps", "Shapes - explain an image"])
+@pytest.mark.parametrize("name", ["Shapes - attention maps per word", "Shapes - concept maps", "Shapes - explain an image"])
 def test_shapes_templates_run_once_installed(comfy_server, name):
     """Each shapes template, queued as the frontend queues it, runs on the installed model files and
     shows its maps over the picture."""

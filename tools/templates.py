@@ -1,17 +1,22 @@
 """Write the example workflows (ComfyUI's template browser) in example_workflows/.
 
-    .venv/bin/python tools/templates.py          # write them
-    .venv/bin/python tools/templates.py --check  # exit 1 if a file differs from what this writes
+    .venv/bin/python tools/templates.py                 # write them
+    .venv/bin/python tools/templates.py --check         # exit 1 if a file differs from what this writes
+    .venv/bin/python tools/templates.py thumbnails      # write their .jpg thumbnails (a headless ComfyUI
+                                                        # runs the shapes ones; --illustrations: only the others)
 
 Conventions (docs/templates.md): the file name is the title the template browser
-shows; four groups, "Load", "Encode", "Sample" left to right and "Look" under
-them; a Note on the left says which model files go where and what each Enfoque
-node does;
-nodes never overlap at their rendered size (title bar included), also after a
-run, when previews and word chips have appeared. Sizes below are at least the
-frontend's own minimum for each node (tests/test_frontend.py measures them in
-the browser). The thumbnails (same name, .jpg) are screenshots the browser
-test takes: ``ENFOQUE_THUMBNAILS=1 .venv/bin/python -m pytest tests/test_templates.py -k browser``.
+shows, "<Model> - <what it teaches>"; a description of what it teaches opens the
+Note (and is extra.info.description); every model file a loader loads is listed on
+it with its folder and official download address (properties.models: ComfyUI's
+missing-models dialog); four groups, "Load", "Encode", "Sample" left to right and
+"Look" under them; a Note on the left says which model files go where and what each
+Enfoque node does; nodes never overlap at their rendered size (title bar included),
+also after a run, when previews and word chips have appeared, and Enfoque Attention
+Maps has room to grow. Sizes below are at least the frontend's own minimum for each
+node (tests/test_frontend.py measures them in the browser). The thumbnails (same
+name, .jpg) show what the template gives: the shapes templates' own output, the
+others a labelled illustration drawn by the pack's renderer.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ GROUP_PAD = 20
 GROUP_TITLE = 50
 GROUP_GAP = 60
 NOTE_W = 460
+# Enfoque Attention Maps grows after a run with its word chips (the frontend caps it at 300 px, then the chips
+# scroll): the node under it starts (title bar included) at least 320 px below its top (node.pos, the top
+# of its body), so the grown node never covers it; 340 here, so that a frontend without the cap (326 px
+# with every word of a long prompt, measured in tests/browser/templates.mjs) covers nothing either
+ROOM = {"EnfoqueAttentionMaps": 340}
 
 # socket inputs (name, type) and outputs (name, type) of the nodes the templates use
 SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
@@ -102,6 +112,54 @@ SIZES = {
     "VAEEncode": (220, 50),
 }
 
+# Where each model file a template loads comes from: (folder under models/, https address), the official
+# repackaged files ComfyUI's own templates name (comfyui-workflow-templates). build() lists them on their
+# loader as properties.models, which ComfyUI's frontend reads on load: its missing-models dialog names each
+# absent file with its folder and offers the download. The shapes model's files are the pack's own (no
+# address; tools/shapes.py install writes them), so they are left out and the Note says how to install them.
+HF = "https://huggingface.co"
+
+
+def hub(repo: str, folder: str, name: str, path: str = "") -> tuple[str, str]:
+    """(folder, address) of a file on the Hugging Face hub: at ``path`` in ``repo``, else where Comfy-Org's
+    repackaged repositories keep it (split_files/<folder>/<name>)."""
+    return folder, f"{HF}/{repo}/resolve/main/{path or f'split_files/{folder}/{name}'}"
+
+
+FLUX_TE = "comfyanonymous/flux_text_encoders"
+DOWNLOADS: dict[str, tuple[str, str]] = {
+    name: hub(*where, name, *path)
+    for name, where, *path in [
+        ("sd3.5_large_fp8_scaled.safetensors", ("Comfy-Org/stable-diffusion-3.5-fp8", "checkpoints"),
+         "sd3.5_large_fp8_scaled.safetensors"),
+        ("sd_xl_base_1.0.safetensors", ("stabilityai/stable-diffusion-xl-base-1.0", "checkpoints"),
+         "sd_xl_base_1.0.safetensors"),
+        ("flux1-dev.safetensors", ("Comfy-Org/flux1-dev", "diffusion_models"), "flux1-dev.safetensors"),
+        ("clip_l.safetensors", (FLUX_TE, "text_encoders"), "clip_l.safetensors"),
+        ("t5xxl_fp16.safetensors", (FLUX_TE, "text_encoders"), "t5xxl_fp16.safetensors"),
+        ("ae.safetensors", ("Comfy-Org/Lumina_Image_2.0_Repackaged", "vae")),
+        ("flux2_dev_fp8mixed.safetensors", ("Comfy-Org/flux2-dev", "diffusion_models")),
+        ("mistral_3_small_flux2_fp8.safetensors", ("Comfy-Org/flux2-dev", "text_encoders")),
+        ("flux2-vae.safetensors", ("Comfy-Org/flux2-dev", "vae")),
+        ("qwen_image_fp8_e4m3fn.safetensors", ("Comfy-Org/Qwen-Image_ComfyUI", "diffusion_models")),
+        ("qwen_2.5_vl_7b_fp8_scaled.safetensors", ("Comfy-Org/Qwen-Image_ComfyUI", "text_encoders")),
+        ("qwen_image_vae.safetensors", ("Comfy-Org/Qwen-Image_ComfyUI", "vae")),
+        ("z_image_turbo_bf16.safetensors", ("Comfy-Org/z_image_turbo", "diffusion_models")),
+        ("qwen_3_4b.safetensors", ("Comfy-Org/z_image_turbo", "text_encoders")),
+        ("Chroma1-HD-fp8mixed.safetensors", ("Comfy-Org/Chroma1-HD_repackaged", "diffusion_models")),
+        ("wan2.1_t2v_1.3B_fp16.safetensors", ("Comfy-Org/Wan_2.1_ComfyUI_repackaged", "diffusion_models")),
+        ("umt5_xxl_fp8_e4m3fn_scaled.safetensors", ("Comfy-Org/Wan_2.1_ComfyUI_repackaged", "text_encoders")),
+        ("wan_2.1_vae.safetensors", ("Comfy-Org/Wan_2.1_ComfyUI_repackaged", "vae")),
+    ]
+}
+
+
+def downloads(widgets: list) -> list[dict]:
+    """A loader's properties.models: the files among its widget values that have a download address."""
+    return [{"name": v, "url": DOWNLOADS[v][1], "directory": DOWNLOADS[v][0]}
+            for v in widgets if isinstance(v, str) and v in DOWNLOADS]
+
+
 GROUP_COLOURS = {"Load": "#3f5f7f", "Encode": "#5f7f3f", "Sample": "#7f5f3f", "Look": "#6f3f7f"}
 
 
@@ -126,11 +184,15 @@ class Node:
 
 @dataclass
 class Template:
-    name: str  # the file name and the title in the template browser
-    note: str
+    name: str  # the file name and the title in the template browser: "<Model> - <what it teaches>"
+    description: str  # what the template teaches: the Note's first paragraph and extra.info.description
     nodes: list[Node]
     links: list[tuple[str, str, str, str]]  # (from key, output name, to key, input name)
     rows: list[list[str]] = field(default_factory=lambda: [["Load", "Encode", "Sample"], ["Look"]])
+    # its thumbnail: "shapes", the template's own output on the shapes model; else an illustration of its
+    # result: "words" (a heatmap per word), "steps" (frames over the steps), "weights" (maps with and
+    # without the word weights), "frames" (maps per latent frame of a video)
+    picture: str = "words"
 
 
 def layout(t: Template) -> list[dict]:
@@ -154,9 +216,10 @@ def layout(t: Template) -> list[dict]:
                 width = 0
                 for n in (m for m in members if m.column == c):
                     n.pos = (cx, y)
-                    y += n.wh[1] + GAP + TITLE_H
+                    height = max(n.wh[1], ROOM.get(n.type, 0))  # with the room it may grow into
+                    y = max(y + n.wh[1] + GAP, y + height) + TITLE_H
                     width = max(width, n.wh[0])
-                    bottom = max(bottom, n.pos[1] + n.wh[1])
+                    bottom = max(bottom, n.pos[1] + height)
                 cx += width + GAP
             gw = cx - GAP + GROUP_PAD - x
             gh = bottom + GROUP_PAD - top
@@ -208,8 +271,11 @@ def build(t: Template) -> dict:
                 for i, (name, typ) in enumerate(outs)
             ],
             "properties": {"Node name for S&R": n.type},
-            "widgets_values": n.widgets,
+            "widgets_values": [with_description(n.widgets[0], t.description)] if n.group is None else n.widgets,
         }
+        models = downloads(n.widgets)
+        if models:
+            node["properties"]["models"] = models
         if n.title:
             node["title"] = n.title
         if n.type == "MarkdownNote":
@@ -228,7 +294,7 @@ def build(t: Template) -> dict:
         "links": links_json,
         "groups": groups_json,
         "config": {},
-        "extra": {"ds": {"scale": scale, "offset": [80, 100]}, "info": {"title": t.name}},
+        "extra": {"ds": {"scale": scale, "offset": [80, 100]}, "info": {"title": t.name, "description": t.description}},
         "version": 0.4,
     }
 
@@ -265,8 +331,10 @@ NODE_NOTES = {
 }
 
 
-def note_text(title: str, files: list[str], nodes: list[str], extra: str = "") -> str:
-    lines = [f"## {title}", "", "**Model files** (in ComfyUI's `models/` folder):", ""]
+def note_text(title: str, files: list[str], nodes: list[str], extra: str = "", download: bool = True) -> str:
+    where = ("in ComfyUI's `models/` folder; ComfyUI offers to download the missing ones when the template opens"
+             if download else "in ComfyUI's `models/` folder; no download, they come with the pack")
+    lines = [f"## {title}", "", f"**Model files** ({where}):", ""]
     lines += [f"- {f}" for f in files]
     lines += ["", "**The Enfoque nodes here:**", ""]
     lines += [f"- {NODE_NOTES[n]}" for n in nodes]
@@ -277,9 +345,8 @@ def note_text(title: str, files: list[str], nodes: list[str], extra: str = "") -
 
 
 SD35_FILES = [
-    "`checkpoints/sd3.5_large.safetensors` (SD3.5 Large; Medium and Large Turbo work the same)",
-    "`text_encoders/clip_l.safetensors`, `text_encoders/clip_g.safetensors` and "
-    "`text_encoders/t5xxl_fp16.safetensors` (or `t5xxl_fp8_e4m3fn.safetensors`)",
+    "`checkpoints/sd3.5_large_fp8_scaled.safetensors` (SD3.5 Large in fp8, its three text encoders included; "
+    "Medium and Large Turbo work the same)",
 ]
 FLUX_FILES = [
     "`diffusion_models/flux1-dev.safetensors`",
@@ -365,8 +432,15 @@ def patch_model(keep_steps: bool = False) -> Node:
                 "Sample", 0)
 
 
-def note(title: str, files: list[str], nodes: list[str], height: int, extra: str = "") -> Node:
-    return Node("note", "MarkdownNote", [note_text(title, files, nodes, extra)], size=(NOTE_W, height))
+def note(title: str, files: list[str], nodes: list[str], height: int, extra: str = "", download: bool = True) -> Node:
+    """The Note; build() puts the template's description under its heading."""
+    return Node("note", "MarkdownNote", [note_text(title, files, nodes, extra, download)], size=(NOTE_W, height))
+
+
+def with_description(text: str, description: str) -> str:
+    """The Note's text with the template's description as its first paragraph, under the heading."""
+    head, _, rest = text.partition("\n\n")
+    return f"{head}\n\n{description}\n\n{rest}"
 
 
 def encode_nodes(prompt: str, negative: str = "", negative_title: str = "Negative prompt",
@@ -390,18 +464,17 @@ def sample_nodes(latent: str, sampler: list, keep_steps: bool = False, shift: bo
     ]
 
 
+EACH_WORD = ("See where each word of the prompt lands in the picture {model} draws: a heatmap per word over the "
+             "image, a mask cut from one word, and the maps saved to a file.")
 SD35_PROMPT = "a red fox sitting on a blue armchair in a sunlit library"
 
 
 def sd35_load() -> list[Node]:
-    return [
-        Node("ckpt", "CheckpointLoaderSimple", ["sd3.5_large.safetensors"], "Load"),
-        Node("clip", "TripleCLIPLoader", ["clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"],
-             "Load"),
-    ]
+    """The checkpoint ComfyUI's own SD3.5 template loads: the model, its text encoders and its VAE."""
+    return [Node("ckpt", "CheckpointLoaderSimple", ["sd3.5_large_fp8_scaled.safetensors"], "Load")]
 
 
-SD35_WIRING = [("ckpt", "MODEL", "shift", "model"), *wiring(("shift", "MODEL"), ("clip", "CLIP"), ("ckpt", "VAE"))]
+SD35_WIRING = [("ckpt", "MODEL", "shift", "model"), *wiring(("shift", "MODEL"), ("ckpt", "CLIP"), ("ckpt", "VAE"))]
 
 
 def sd35() -> Template:
@@ -413,7 +486,7 @@ def sd35() -> Template:
         *sample_nodes("EmptySD3LatentImage", [42, "fixed", 28, 4.5, "euler", "sgm_uniform", 1.0], shift=True),
         *look,
     ]
-    return Template("SD3.5 - attention maps per word", "", nodes, SD35_WIRING + look_links)
+    return Template("SD3.5 - attention maps per word", EACH_WORD.format(model="SD3.5"), nodes, SD35_WIRING + look_links)
 
 
 def sd35_steps() -> Template:
@@ -430,7 +503,10 @@ def sd35_steps() -> Template:
         *look,
     ]
     links = SD35_WIRING + look_links
-    return Template("SD3.5 - attention over the denoising steps", "", nodes, links)
+    return Template("SD3.5 - attention over the denoising steps",
+                    "Watch the words find their place while SD3.5 denoises: the maps of each sampling step, drawn "
+                    "over the picture one step per frame and saved as an animated WEBP.", nodes, links,
+                    picture="steps")
 
 
 def flux() -> Template:
@@ -449,7 +525,7 @@ def flux() -> Template:
         *look,
     ]
     links = [*wiring(("unet", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"), between="guide"), *look_links]
-    return Template("Flux.1 dev - attention maps per word", "", nodes, links)
+    return Template("Flux.1 dev - attention maps per word", EACH_WORD.format(model="Flux.1 dev"), nodes, links)
 
 
 def sdxl() -> Template:
@@ -467,7 +543,10 @@ def sdxl() -> Template:
         *look,
     ]
     links = [*wiring(("ckpt", "MODEL"), ("ckpt", "CLIP"), ("ckpt", "VAE"), between="weights"), *look_links]
-    return Template("SDXL - word weights inside attention", "", nodes, links)
+    return Template("SDXL - word weights inside attention",
+                    "Make a word count more or less inside the model's attention with Enfoque Token Weights "
+                    "(raincoat stronger, rain weaker), then see in the maps where each weighted word acts.", nodes,
+                    links, picture="weights")
 
 
 # --------------------------------------------------------------------------- Step 13's families
@@ -491,7 +570,7 @@ def dit_template(name: str, title: str, files: list[str], unet: str, clip: str, 
         *look,
     ]
     wires = wiring(("unet", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"), between="guide" if between else None)
-    return Template(name, "", nodes, [*wires, *look_links])
+    return Template(name, EACH_WORD.format(model=name.split(" - ")[0]), nodes, [*wires, *look_links])
 
 
 LLM_NOTE = ("The text encoder is an LLM that reads the prompt inside a chat template: those template tokens are "
@@ -539,9 +618,9 @@ def z_image() -> Template:
 def chroma() -> Template:
     return dit_template(
         "Chroma - attention maps per word", "Chroma: where each word lands",
-        ["`diffusion_models/Chroma1-HD.safetensors`", "`text_encoders/t5xxl_fp16.safetensors` (T5-XXL)",
+        ["`diffusion_models/Chroma1-HD-fp8mixed.safetensors`", "`text_encoders/t5xxl_fp16.safetensors` (T5-XXL)",
          "`vae/ae.safetensors` (the Flux VAE)"],
-        "Chroma1-HD.safetensors", "t5xxl_fp16.safetensors", "chroma", "ae.safetensors",
+        "Chroma1-HD-fp8mixed.safetensors", "t5xxl_fp16.safetensors", "chroma", "ae.safetensors",
         "a white owl perched on a mossy branch in a misty forest at dawn", "white owl, mossy branch, forest",
         "chroma", "EmptySD3LatentImage", [42, "fixed", 26, 4.0, "euler", "beta", 1.0], "white owl")
 
@@ -574,7 +653,10 @@ def wan() -> Template:
                                        "Look", 0), ["red kite, meadow, dog", "positive", 0, -1, -1, "cross"],
                                   over_image=False)
     links = [*wiring(("unet", "MODEL"), ("clip", "CLIP"), ("vae", "VAE")), *look_links]
-    return Template("Wan 2.1 - attention maps per word over the video", "", nodes + look, links)
+    return Template("Wan 2.1 - attention maps per word over the video",
+                    "See where each word lands in a video Wan 2.1 makes: Enfoque keeps one map per latent frame "
+                    "and draws their mean; set over to frames to get one picture per frame.", nodes + look, links,
+                    picture="frames")
 
 
 # --------------------------------------------------------------------------- the shapes model (tools/shapes.py)
@@ -611,24 +693,27 @@ SHAPES_WIRING = wiring(("unet", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"))
 
 
 def shapes() -> Template:
-    """Issue #11 fixes this template's file name: example_workflows/shapes_attention_maps.json."""
+    """Issue #11's first shapes template (then shapes_attention_maps.json; Step 18 gave it the pattern's name)."""
     look, look_links = look_nodes("red, circle, blue, square", "shapes", "circle")
     nodes = [
         note("The shapes model: where each word lands", SHAPES_FILES,
-             ["EnfoquePatchCLIP", "EnfoquePatchModel", *LOOK], 820, SHAPES_GRAMMAR),
+             ["EnfoquePatchCLIP", "EnfoquePatchModel", *LOOK], 900, SHAPES_GRAMMAR, download=False),
         *shapes_load(),
         *encode_nodes(SHAPES_PROMPT),
         *shapes_sample(),
         *look,
     ]
-    return Template("shapes_attention_maps", "", nodes, SHAPES_WIRING + look_links)
+    return Template("Shapes - attention maps per word",
+                    "Try Enfoque in a minute on a CPU, with the pack's small shapes model and nothing to download: "
+                    "where each word (red, circle, blue, square) lands in the picture it draws.", nodes,
+                    SHAPES_WIRING + look_links, picture="shapes")
 
 
 def shapes_concepts() -> Template:
     nodes = [
         note("The shapes model: concept maps", SHAPES_FILES,
              ["EnfoquePatchCLIP", "EnfoqueConcepts", "EnfoquePatchModel", "EnfoqueAttentionMapsConcept",
-              "EnfoqueHeatmaps"], 860, SHAPES_GRAMMAR),
+              "EnfoqueHeatmaps"], 940, SHAPES_GRAMMAR, download=False),
         *shapes_load(),
         *encode_nodes(SHAPES_PROMPT),
         *shapes_sample(concepts=True),
@@ -637,7 +722,10 @@ def shapes_concepts() -> Template:
                                   ["", "positive", 0, -1, -1, "concept"], "Enfoque Attention Maps (concepts)")
     links = [*SHAPES_WIRING, ("clip", "CLIP", "concepts", "clip"), ("concepts", "concepts", "pmodel", "concepts"),
              *look_links]
-    return Template("Shapes - concept maps", "", nodes + look, links)
+    return Template("Shapes - concept maps",
+                    "Concept maps: concepts you name (circle, square, triangle, background) run beside the prompt "
+                    "without changing the picture, and show which concept each pixel belongs to.", nodes + look,
+                    links, picture="shapes")
 
 
 def shapes_explain() -> Template:
@@ -645,7 +733,7 @@ def shapes_explain() -> Template:
         note("The shapes model: explain a picture you have", SHAPES_FILES,
              ["EnfoquePatchCLIP", "EnfoqueConcepts", "EnfoquePatchModel", "EnfoqueImageMaps", "EnfoqueHeatmaps"], 900,
              SHAPES_GRAMMAR + " Load a picture of shapes (`enfoque_shapes_example.png`, or one the shapes "
-             "template made) and describe it in the positive prompt."),
+             "template made) and describe it in the positive prompt.", download=False),
         *shapes_load(),
         Node("image", "LoadImage", ["enfoque_shapes_example.png"], "Load", 1),
         Node("pclip", "EnfoquePatchCLIP", ["attention", True], "Encode"),
@@ -675,11 +763,287 @@ def shapes_explain() -> Template:
         ("explain", "concept_maps", "cheat", "maps"),
         ("image", "IMAGE", "cheat", "image"),
     ]
-    return Template("Shapes - explain an image", "", nodes, links)
+    return Template("Shapes - explain an image",
+                    "Explain a picture you already have: Enfoque Image Maps noises it, runs the model on it and "
+                    "maps where each word of its description and each concept sits.", nodes, links,
+                    picture="shapes")
 
 
 TEMPLATES = [sd35, flux, sdxl, sd35_steps, flux2, qwen_image, z_image, chroma, wan, shapes, shapes_concepts,
              shapes_explain]
+
+
+# --------------------------------------------------------------------------- a template as the frontend queues it
+
+FRONTEND_ONLY = {"MarkdownNote", "Note"}  # virtual nodes: drawn by the frontend, never sent to the server
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def widget_inputs(spec: dict) -> list[tuple[str, int]]:
+    """A node's widget inputs in the order the frontend saves their values (/object_info's order,
+    required then optional), each with how many values it saves (2 with "control after generate")."""
+    out = []
+    for section in ("required", "optional"):
+        for name, conf in (spec["input"].get(section) or {}).items():
+            kind = "COMBO" if isinstance(conf[0], list) else conf[0]
+            if kind in WIDGET_TYPES:
+                opts = conf[1] if len(conf) > 1 and isinstance(conf[1], dict) else {}
+                out.append((name, 2 if opts.get("control_after_generate") else 1))
+    return out
+
+
+def api_prompt(workflow: dict, info: dict) -> dict:
+    """A saved (UI) workflow as the prompt the frontend queues: links become inputs, widget values go to
+    the node's widget inputs (a seed's "control after generate" value is the frontend's own)."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for n in workflow["nodes"]:
+        if n["type"] in FRONTEND_ONLY or n.get("mode", 0) != 0:
+            continue
+        inputs = {}
+        for inp in n.get("inputs") or []:
+            if inp.get("link") is not None:
+                _, src, slot, *_ = links[inp["link"]]
+                inputs[inp["name"]] = [str(src), slot]
+        values = list(n.get("widgets_values") or [])
+        for name, count in widget_inputs(info[n["type"]]):
+            value, values = values[0], values[count:]
+            inputs.setdefault(name, value)  # a widget converted to a linked input keeps its link
+        prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}
+    return prompt
+
+
+# --------------------------------------------------------------------------- thumbnails
+# A thumbnail shows what the template gives. The shapes templates' thumbnails are their own output: the
+# template queued in a live server with the shapes model installed, its picture and its Enfoque Heatmaps
+# side by side. The other templates' models are too large to run here: their thumbnails are illustrations
+# of their kind of result, drawn by the pack's own renderer (attention/render.py) on synthetic maps with the
+# template's words, and labelled as such.
+
+THUMB_SIZE = (800, 600)
+THUMB_QUALITY = 88
+THUMB_BG = (24, 24, 24)
+ILLUSTRATION = "ILLUSTRATION"
+REAL_OUTPUT = "REAL OUTPUT"
+BADGES = {ILLUSTRATION: (242, 182, 50), REAL_OUTPUT: (80, 190, 110)}
+SPOTS = [(0.32, 0.58), (0.7, 0.62), (0.5, 0.24), (0.18, 0.22), (0.82, 0.2), (0.5, 0.85)]
+
+
+def _render():
+    """attention/render.py and its maps (torch), imported only when thumbnails are drawn."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from attention import render
+    from attention.maps import AttentionMaps
+
+    return render, AttentionMaps
+
+
+def template_words(t: Template, key: str = "maps") -> list[str]:
+    """The words a template's Enfoque Attention Maps reads (its words widget)."""
+    node = next(n for n in t.nodes if n.key == key)
+    return [w.strip() for w in node.widgets[0].split(",") if w.strip()]
+
+
+def synthetic_maps(n: int, seed: int, sharpness: float = 1.0, shift: float = 0.0, size: int = 40):
+    """``[1, n, size, size]``: map i a soft spot at ``SPOTS[i]`` (moved right by ``shift``) over faint noise;
+    ``sharpness`` 0 is noise alone, 1 the spot."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    maps = []
+    for i in range(n):
+        cy, cx = SPOTS[i % len(SPOTS)]
+        sx, sy = (0.08 + 0.08 * float(v) for v in torch.rand(2, generator=g))
+        spot = torch.exp(-((xs - cx - shift * (i % 2 == 0)) ** 2 / (2 * sx**2) + (ys - cy) ** 2 / (2 * sy**2)))
+        noise = torch.rand((size, size), generator=g)
+        maps.append(sharpness * spot + (0.25 + 0.75 * (1 - sharpness)) * 0.5 * noise)
+    return torch.stack(maps)[None]
+
+
+def _pil(image):
+    """The first picture of a ComfyUI IMAGE ``[B, H, W, 3]`` as a PIL image."""
+    import torch
+    from PIL import Image
+
+    return Image.fromarray((image[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy())
+
+
+def illustration_parts(t: Template) -> list:
+    """The pictures an illustration thumbnail shows (PIL images), drawn by Enfoque's renderer."""
+    import zlib
+
+    import torch
+
+    render, AttentionMaps = _render()
+    seed = zlib.crc32(t.name.encode())
+    if t.picture == "weights":
+        words = template_words(t)
+        weights = dict((w.strip(), float(v)) for w, v in (x.split(":") for x in next(
+            n for n in t.nodes if n.type == "EnfoqueTokenWeights").widgets[0].split(",")))
+        base = synthetic_maps(len(words), seed)
+        scale = torch.tensor([next((v for w, v in weights.items() if w in word.split()), 1.0) for word in words])
+        rows = []
+        for title, maps in (("without weights", base), (", ".join(f"{w}:{v:g}" for w, v in weights.items()),
+                                                          base * scale[None, :, None, None])):
+            panels = render.heatmap_panels(AttentionMaps(maps=maps, words=words), columns=len(words))
+            rows.append(render.titled(panels, title))
+        return [_pil(torch.cat(rows, dim=1))]
+    if t.picture in ("steps", "frames"):
+        words = template_words(t)
+        if t.picture == "steps":
+            total = next(n for n in t.nodes if n.type == "KSampler").widgets[2]
+            ticks = [1, total // 4, total // 2, total]
+            frames = [(f"step {k}  sigma {3 * (1 - (k - 1) / total) / (1 + 2 * (1 - (k - 1) / total)):.3f}",
+                       synthetic_maps(len(words), seed, sharpness=k / total)) for k in ticks]
+        else:
+            ticks = [0, 3, 6, 8]
+            frames = [(f"latent frame {k}", synthetic_maps(len(words), seed, shift=0.04 * k - 0.16)) for k in ticks]
+        pictures = []
+        for i, (caption, maps) in enumerate(frames):
+            panels = render.heatmap_panels(AttentionMaps(maps=maps, words=words), columns=len(words))
+            pictures.append(_pil(render.titled(panels, f"{caption}   ({ticks[i] + (t.picture == 'frames')}/"
+                                                        f"{ticks[-1] + (t.picture == 'frames')})")))
+        return [_grid(pictures, 2)]
+    words = template_words(t)
+    maps = synthetic_maps(len(words), seed)
+    return [_pil(render.heatmap_panels(AttentionMaps(maps=maps, words=words), columns=2 if len(words) <= 4 else 3))]
+
+
+def _grid(pictures: list, columns: int, gap: int = 8):
+    from PIL import Image
+
+    w, h = pictures[0].size
+    rows = -(-len(pictures) // columns)
+    out = Image.new("RGB", (columns * w + (columns - 1) * gap, rows * h + (rows - 1) * gap), THUMB_BG)
+    for i, p in enumerate(pictures):
+        out.paste(p, ((i % columns) * (w + gap), (i // columns) * (h + gap)))
+    return out
+
+
+def compose(parts: list, badge: str, text: str):
+    """The thumbnail: a badge (what the picture is) and a line of text on top, then ``parts`` side by
+    side at one height, as large as the rest of the picture allows."""
+    from PIL import Image, ImageDraw
+
+    render, _ = _render()
+    width, height = THUMB_SIZE
+    pad, top = 16, 72
+    canvas = Image.new("RGB", THUMB_SIZE, THUMB_BG)
+    draw = ImageDraw.Draw(canvas)
+    font = render.load_font(30)
+    left, ftop, right, fbottom = font.getbbox(badge)
+    bw = right - left + 28
+    draw.rounded_rectangle((pad, 14, pad + bw, 58), radius=8, fill=BADGES[badge])
+    draw.text((pad + 14 - left, 36 - (ftop + fbottom) / 2), badge, fill=(0, 0, 0), font=font)
+    small = render.load_font(19)
+    lines = _wrap(text, small, width - 3 * pad - bw)
+    for i, line in enumerate(lines[:2]):
+        draw.text((2 * pad + bw, 16 + 22 * i + (11 if len(lines) == 1 else 0)), line, fill=(225, 225, 225), font=small)
+    gap = 12
+    avail_w, avail_h = width - 2 * pad - gap * (len(parts) - 1), height - top - pad
+    h = min(avail_h, avail_w / sum(p.width / p.height for p in parts))
+    sizes = [(round(p.width * h / p.height), round(h)) for p in parts]
+    x = (width - sum(w for w, _ in sizes) - gap * (len(parts) - 1)) // 2
+    y = top + (avail_h - round(h)) // 2
+    for p, (w, hh) in zip(parts, sizes, strict=True):
+        canvas.paste(p.resize((w, hh), Image.Resampling.LANCZOS), (x, y))
+        x += w + gap
+    return canvas
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and font.getlength(trial) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return [*lines, line] if line else lines
+
+
+def illustration(t: Template):
+    model = t.name.split(" - ")[0]
+    return compose(illustration_parts(t), ILLUSTRATION,
+                   f"Synthetic maps with this template's words, drawn by Enfoque's renderer; not {model}'s "
+                   "output.")
+
+
+def shapes_outputs(server, t: Template) -> dict[str, list]:
+    """Queue a shapes template in a live server (the shapes model installed, tools/shapes.py) as the frontend
+    queues it; the pictures it shows, by the key of their node (the loaded picture under the LoadImage's)."""
+    from PIL import Image
+
+    wf = build(t)  # also gives the nodes their ids
+    by_id = {str(n.id): n.key for n in t.nodes}
+    entry = server.run(api_prompt(wf, server.object_info()), timeout=300)
+    out: dict[str, list] = {}
+    for nid, o in entry["outputs"].items():
+        for im in o.get("images", []):
+            path = server.base_dir / im.get("type", "output") / im.get("subfolder", "") / im["filename"]
+            with Image.open(path) as f:
+                out.setdefault(by_id[nid], []).append(f.convert("RGB"))
+    for n in t.nodes:
+        if n.type == "LoadImage":
+            with Image.open(server.input_dir / n.widgets[0]) as f:
+                out[n.key] = [f.convert("RGB")]
+    return out
+
+
+def shapes_thumbnail(t: Template, outputs: dict[str, list]):
+    """The picture and the Enfoque Heatmaps a shapes template showed after its run."""
+    picture = (outputs.get("save") or outputs["image"])[0]
+    heat = [outputs[k][0] for k in ("heat", "cheat") if k in outputs]
+    seed = next((n.widgets[0] for n in t.nodes if n.type == "KSampler"), None)
+    made = "drawn by the shapes model" + (f" (seed {seed})" if seed is not None else "")
+    what = "the loaded picture and its maps" if "image" in outputs else f"the picture {made} and its maps"
+    return compose([picture, *heat], REAL_OUTPUT, f"This template's own output, run on the shapes model: {what}.")
+
+
+def save_thumbnail(image, path: Path) -> None:
+    image.save(path, "JPEG", quality=THUMB_QUALITY, optimize=True)
+
+
+def thumbnails(server_run: bool = True) -> list[Path]:
+    """Write every template's thumbnail; the shapes ones in a live server (ComfyUI host: tests/host.py)."""
+    written = []
+    shapes_templates = []
+    for make in TEMPLATES:
+        t = make()
+        if t.picture == "shapes":
+            shapes_templates.append(t)
+            continue
+        save_thumbnail(illustration(t), OUT / f"{t.name}.jpg")
+        written.append(OUT / f"{t.name}.jpg")
+    if server_run and shapes_templates:
+        import tempfile
+
+        sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tools")]
+        import host
+        import shapes
+
+        comfy_path = host.find_comfyui()
+        if comfy_path is None:
+            raise SystemExit(f"thumbnails: {host.NO_HOST_REASON}")
+        with tempfile.TemporaryDirectory() as base:
+            server = host.ComfyServer(comfy_path, Path(base))
+            server.start()
+            try:
+                shapes.install(server.models_dir)
+                shapes.write_example(server.input_dir)
+                server.wait_ready()
+                for t in shapes_templates:
+                    save_thumbnail(shapes_thumbnail(t, shapes_outputs(server, t)), OUT / f"{t.name}.jpg")
+                    written.append(OUT / f"{t.name}.jpg")
+            except Exception:
+                print(server.log()[-4000:], file=sys.stderr)
+                raise
+            finally:
+                server.stop()
+    return written
 
 
 def render(t: Template) -> str:
@@ -687,6 +1051,10 @@ def render(t: Template) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["thumbnails"]:
+        for path in thumbnails(server_run="--illustrations" not in argv):
+            print(f"wrote {path.relative_to(ROOT)}")
+        return 0
     check = "--check" in argv
     stale = []
     for make in TEMPLATES:
