@@ -220,7 +220,8 @@ def evaluate(rig: mq.Rig, quick: bool = False, seed: int = 515151, log=print) ->
     t0 = time.time()
     res = {"single": single_objects(st, singles, seed, batch, negative)}
     log(f"  single objects ({time.time() - t0:.0f} s)")
-    res["swapped"] = swapped_objects(st, held[: 2 if quick else 8], seed + 100, batch, negative)
+    distinct = [c for c in held if sd.parse_caption(c)[0] != sd.parse_caption(c)[1]]  # a swap must show
+    res["swapped"] = swapped_objects(st, distinct[: 2 if quick else 8], seed + 100, batch, negative)
     log(f"  swapped objects ({time.time() - t0:.0f} s)")
     dose_caps = [c for c in held if sd.parse_caption(c)[0][1] != sd.parse_caption(c)[1][1]][: 2 if quick else 6]
     res["dose"] = {} if quick else dose_response(st, dose_caps, seed + 200, batch, negative)

@@ -8,7 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from ..attention.formats import brief
-from ..attention.selection import parse_items
+from ..attention.selection import parse_items, picked
 from .common.errors import not_a_word
 from .common.graph import downstream_with_model, model_passes_through
 from .common.notify import notify
@@ -22,17 +22,22 @@ log = logging.getLogger(__name__)
 
 def region_of(layout, mask: torch.Tensor, words: str, strength: float, start: float, end: float,
               node_id: str | None) -> RegionSpec:
-    """The region of one conditioning entry: the positions of the words it names (all its words when empty)."""
+    """The region of one conditioning entry: the positions of the words it names (its special tokens too where
+    it names them: ``<end>``, ``<pad>``), or, when ``words`` is empty, of all its words."""
     items = parse_items(words)
-    if not layout.labelled and not items:
-        raise ValueError(f"{REGION}: the prompt was encoded by a stock CLIP, so it has no words (only positions "
-                         f"#0, #1, ...); put {PATCH_CLIP} before the text encode, or name positions such as #3.")
-    missing = [i.text for i in items if not layout.find(i.text)]
+    labels, spans = layout.labelled_spans()  # the words, then <start>, <end>, <pad>, ... of each encoder
+    chosen = [picked(labels, item) for item in items]
+    missing = [item.text for item, hits in zip(items, chosen, strict=True) if not hits]
+    if missing and not layout.labelled:
+        raise ValueError(f"{REGION}: {brief(missing[0])!r} in words: the prompt was encoded by a stock CLIP, so it "
+                         f"has no words (only positions #0, #1, ...); put {PATCH_CLIP} before the text encode, name "
+                         "positions such as #3, or leave words empty for all of them.")
     if missing:
         raise not_a_word(REGION, missing[0], "words", "a word of the prompt", layout.words, "its words",
                          "Pick words from these, or leave words empty for all of them.")
-    hits = layout.find(words) if items else range(len(layout.words))
-    return RegionSpec(mask, tuple(layout.positions_of(hits)), float(strength), float(start), float(end),
+    indices = [i for hits in chosen for i in hits] if items else range(len(layout.words))
+    positions = list(dict.fromkeys(p for i in indices for p in spans[i]))
+    return RegionSpec(mask, tuple(positions), float(strength), float(start), float(end),
                       (words or "").strip(), node_id, model_regions.WORDS_SEE_MASK)
 
 
@@ -52,7 +57,8 @@ class EnfoqueRegion(io.ComfyNode):
                 io.Mask.Input("mask", tooltip="Where the words may be drawn (white). A batch of masks: one per "
                               "latent frame of a video."),
                 io.String.Input("words", default="", tooltip="Words of that prompt, comma separated, as every words "
-                                "input reads them; empty = all its words."),
+                                "input reads them (<end>, <pad> name its end and padding tokens); empty = all its "
+                                "words."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="1: outside the mask the image does not attend to these words at all; 0: no "
                                "effect; between: the words are that much weaker outside."),

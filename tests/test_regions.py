@@ -205,9 +205,17 @@ def test_region_bad_input(comfy, tiny_dir, caplog):
                                          r"a, red, cat, on, blue, chair\."):
         comfy.run("EnfoqueRegion", mask=left_half(96, 128)[0], words="cat, dog", **args)
     stock = comfy.run("CLIPTextEncode", clip=_clip("sd3"), text="a red cat")[0]
-    with pytest.raises(ValueError, match="encoded by a stock CLIP"):
-        comfy.run("EnfoqueRegion", conditioning=stock, mask=left_half(96, 128)[0], words="", strength=1.0,
+    with pytest.raises(ValueError, match="'cat' in words: the prompt was encoded by a stock CLIP"):
+        comfy.run("EnfoqueRegion", conditioning=stock, mask=left_half(96, 128)[0], words="cat", strength=1.0,
                   start_percent=0.0, end_percent=1.0)
+    layout = pos[0][1]["enfoque_layout"]
+    every = comfy.run("EnfoqueRegion", conditioning=pos, mask=left_half(96, 128)[0], words="", strength=1.0,
+                      start_percent=0.0, end_percent=1.0)[0]  # empty: all the prompt's words
+    assert every[0][1]["enfoque_regions"][0].positions == tuple(p for s in layout.spans for p in s)
+    sinks = comfy.run("EnfoqueRegion", conditioning=pos, mask=left_half(96, 128)[0], words="cat, <end>",
+                      strength=1.0, start_percent=0.0, end_percent=1.0)[0]  # special tokens when named
+    ends = {p for kinds in layout.specials.values() for p in kinds["end"]}  # every encoder's end token
+    assert set(sinks[0][1]["enfoque_regions"][0].positions) == {*layout.spans[2], *ends} and len(ends) == 2
     small = comfy.run("EnfoqueRegion", mask=left_half(48, 32)[0], words="cat", **args)[0]  # another size
     patched, _ = patch(comfy, model)
     with caplog.at_level("WARNING"):

@@ -78,6 +78,10 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "EnfoqueHeatmaps": ([("maps", "ENFOQUE_MAPS"), ("image", "IMAGE")], [("image", "IMAGE")]),
     "EnfoqueMapsToMask": ([("maps", "ENFOQUE_MAPS"), ("image", "IMAGE")], [("mask", "MASK")]),
     "EnfoqueSaveAttentionMaps": ([("maps", "ENFOQUE_MAPS")], []),
+    "EnfoqueRegion": ([("conditioning", "CONDITIONING"), ("mask", "MASK")], [("CONDITIONING", "CONDITIONING")]),
+    "SolidMask": ([], [("MASK", "MASK")]),
+    "MaskComposite": ([("destination", "MASK"), ("source", "MASK")], [("MASK", "MASK")]),
+    "InvertMask": ([("mask", "MASK")], [("MASK", "MASK")]),
 }
 
 # default rendered sizes (body, without the title bar), at least the frontend's minimum
@@ -110,6 +114,10 @@ SIZES = {
     "EnfoqueImageMaps": (340, 180),
     "LoadImage": (340, 400),
     "VAEEncode": (220, 50),
+    "EnfoqueRegion": (400, 200),
+    "SolidMask": (300, 106),
+    "MaskComposite": (300, 130),
+    "InvertMask": (220, 30),
 }
 
 # Where each model file a template loads comes from: (folder under models/, https address), the official
@@ -191,7 +199,8 @@ class Template:
     rows: list[list[str]] = field(default_factory=lambda: [["Load", "Encode", "Sample"], ["Look"]])
     # its thumbnail: "shapes", the template's own output on the shapes model; else an illustration of its
     # result: "words" (a heatmap per word), "steps" (frames over the steps), "weights" (maps with and
-    # without the word weights), "frames" (maps per latent frame of a video)
+    # without the word weights), "frames" (maps per latent frame of a video), "regions" (the regions' masks and
+    # the maps)
     picture: str = "words"
 
 
@@ -302,6 +311,8 @@ def build(t: Template) -> dict:
 # --------------------------------------------------------------------------- what each template holds
 
 NODE_NOTES = {
+    "EnfoqueRegion": "**Enfoque Region** confines words of a prompt to a mask inside the diffusion model's "
+    "attention: outside the mask the image does not attend to them, so what they describe is drawn inside it.",
     "EnfoquePatchCLIP": "**Enfoque Patch CLIP** patches the text encoder: (word:1.2) weights act inside its "
     "attention, and every encode records the prompt's words, so maps are labelled with words.",
     "EnfoqueTokenWeights": "**Enfoque Token Weights** gives words a weight inside the diffusion model's attention "
@@ -769,8 +780,89 @@ def shapes_explain() -> Template:
                     picture="shapes")
 
 
-TEMPLATES = [sd35, flux, sdxl, sd35_steps, flux2, qwen_image, z_image, chroma, wan, shapes, shapes_concepts,
-             shapes_explain]
+def shapes_move() -> Template:
+    """Step 17's loop: the mask of where a word landed (Enfoque Maps To Mask, guided by the picture) becomes the
+    region of another prompt's words (Enfoque Region)."""
+    nodes = [
+        note("The shapes model: put a word where another one landed", SHAPES_FILES,
+             ["EnfoquePatchCLIP", "EnfoquePatchModel", "EnfoqueAttentionMaps", "EnfoqueMapsToMask", "EnfoqueRegion"],
+             900, SHAPES_GRAMMAR + " Change the first prompt, or the word the mask is cut from, and run again.",
+             download=False),
+        *shapes_load(),
+        *encode_nodes(SHAPES_PROMPT),
+        Node("pos2", "CLIPTextEncode", ["a green triangle"], "Encode", title="Second prompt"),
+        Node("latent", "EmptySD3LatentImage", [128, 128, 1], "Sample"),
+        patch_model(),
+        Node("sampler", "KSampler", SHAPES_SAMPLER, "Sample", 1),
+        Node("decode", "VAEDecode", [], "Look", 0),
+        Node("save", "SaveImage", ["enfoque/shapes_first"], "Look", 0),
+        Node("maps", "EnfoqueAttentionMaps", ["circle", "positive", 0, -1, -1, "cross"], "Look", 1),
+        Node("mask", "EnfoqueMapsToMask", ["circle", 0.0, 0, 0], "Look", 1, title="Where 'circle' landed"),
+        Node("region", "EnfoqueRegion", ["green triangle", 1.0, 0.0, 1.0], "Look", 2),
+        Node("sampler2", "KSampler", SHAPES_SAMPLER, "Look", 2),
+        Node("decode2", "VAEDecode", [], "Look", 3),
+        Node("save2", "SaveImage", ["enfoque/shapes_moved"], "Look", 3),
+    ]
+    links = [
+        *SHAPES_WIRING,
+        ("sampler", "LATENT", "decode", "samples"), ("decode", "IMAGE", "save", "images"),
+        ("pmodel", "probe", "maps", "probe"), ("sampler", "LATENT", "maps", "latent"),
+        ("maps", "maps", "mask", "maps"), ("decode", "IMAGE", "mask", "image"),
+        ("pclip", "CLIP", "pos2", "clip"), ("pos2", "CONDITIONING", "region", "conditioning"),
+        ("mask", "mask", "region", "mask"),
+        ("pmodel", "MODEL", "sampler2", "model"), ("region", "CONDITIONING", "sampler2", "positive"),
+        ("neg", "CONDITIONING", "sampler2", "negative"), ("latent", "LATENT", "sampler2", "latent_image"),
+        ("sampler2", "LATENT", "decode2", "samples"), ("vae", "VAE", "decode2", "vae"),
+        ("decode2", "IMAGE", "save2", "images"),
+    ]
+    return Template("Shapes - move a word",
+                    "Cut a mask from where one word landed (circle, in the first picture) and give it to another "
+                    "prompt's words with Enfoque Region: the green triangle is drawn where the circle was.",
+                    nodes, links, picture="shapes")
+
+
+def flux_regions() -> Template:
+    nodes = [
+        note("Flux.1 dev: words in regions", FLUX_FILES,
+             ["EnfoquePatchCLIP", "EnfoqueRegion", "EnfoquePatchModel", *LOOK], 800,
+             "The two masks are the left and right halves (Solid Mask, Mask Composite, Invert Mask); paint your own "
+             "with Load Image's mask, or cut one from a word with Enfoque Maps To Mask."),
+        Node("unet", "UNETLoader", ["flux1-dev.safetensors", "default"], "Load"),
+        Node("clip", "DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"], "Load"),
+        Node("vae", "VAELoader", ["ae.safetensors"], "Load"),
+        Node("pclip", "EnfoquePatchCLIP", ["attention", True], "Encode"),
+        Node("pos", "CLIPTextEncode", ["a red apple and a green pear on a wooden table"], "Encode",
+             title="Positive prompt"),
+        Node("empty", "SolidMask", [0.0, 1024, 1024], "Encode", 1),
+        Node("half", "SolidMask", [1.0, 512, 1024], "Encode", 1),
+        Node("left", "MaskComposite", [0, 0, "add"], "Encode", 1),
+        Node("right", "InvertMask", [], "Encode", 1),
+        Node("apple", "EnfoqueRegion", ["red apple", 1.0, 0.0, 1.0], "Encode", 2, title="Enfoque Region (left)"),
+        Node("pear", "EnfoqueRegion", ["green pear", 1.0, 0.0, 1.0], "Encode", 2, title="Enfoque Region (right)"),
+        Node("guide", "FluxGuidance", [3.5], "Encode", 2),
+        Node("neg", "CLIPTextEncode", [""], "Encode", size=(400, 120), title="Negative prompt (unused by Flux dev)"),
+        *sample_nodes("EmptySD3LatentImage", [42, "fixed", 20, 1.0, "euler", "simple", 1.0]),
+    ]
+    look, look_links = look_nodes("red apple, green pear, table", "flux_regions", "red apple")
+    links = [
+        ("clip", "CLIP", "pclip", "clip"), ("pclip", "CLIP", "pos", "clip"), ("pclip", "CLIP", "neg", "clip"),
+        ("unet", "MODEL", "pmodel", "model"), ("pmodel", "MODEL", "sampler", "model"),
+        ("neg", "CONDITIONING", "sampler", "negative"), ("latent", "LATENT", "sampler", "latent_image"),
+        ("vae", "VAE", "decode", "vae"),
+        ("empty", "MASK", "left", "destination"), ("half", "MASK", "left", "source"), ("left", "MASK", "right", "mask"),
+        ("pos", "CONDITIONING", "apple", "conditioning"), ("left", "MASK", "apple", "mask"),
+        ("apple", "CONDITIONING", "pear", "conditioning"), ("right", "MASK", "pear", "mask"),
+        ("pear", "CONDITIONING", "guide", "conditioning"), ("guide", "CONDITIONING", "sampler", "positive"),
+        *look_links,
+    ]
+    return Template("Flux.1 dev - words in regions",
+                    "Put each object where you want it: Enfoque Region confines 'red apple' to the left half and "
+                    "'green pear' to the right half inside Flux's attention, and the maps show where they landed.",
+                    nodes + look, links, picture="regions")
+
+
+TEMPLATES = [sd35, flux, sdxl, sd35_steps, flux2, qwen_image, z_image, chroma, wan, flux_regions, shapes,
+             shapes_concepts, shapes_explain, shapes_move]
 
 
 # --------------------------------------------------------------------------- a template as the frontend queues it
@@ -906,6 +998,17 @@ def illustration_parts(t: Template) -> list:
             pictures.append(_pil(render.titled(panels, f"{caption}   ({ticks[i] + (t.picture == 'frames')}/"
                                                         f"{ticks[-1] + (t.picture == 'frames')})")))
         return [_grid(pictures, 2)]
+    if t.picture == "regions":  # each region's mask, captioned with its words, beside the maps
+        regions = [n for n in t.nodes if n.type == "EnfoqueRegion"]
+        x = torch.linspace(0, 1, 40)[None, :].expand(40, 40)
+        masks = torch.stack([(x < 0.5).float() if i == 0 else (x >= 0.5).float() for i in range(len(regions))])
+        region_panels = render.heatmap_panels(AttentionMaps(maps=masks[None], words=[f"region: {n.widgets[0]}"
+                                                                                      for n in regions]),
+                                              columns=len(regions))
+        words = template_words(t)
+        panels = render.heatmap_panels(AttentionMaps(maps=synthetic_maps(len(words), seed), words=words),
+                                       columns=len(words))
+        return [_pil(render.titled(region_panels, "the regions")), _pil(render.titled(panels, "the maps"))]
     words = template_words(t)
     maps = synthetic_maps(len(words), seed)
     return [_pil(render.heatmap_panels(AttentionMaps(maps=maps, words=words), columns=2 if len(words) <= 4 else 3))]
@@ -996,7 +1099,7 @@ def shapes_outputs(server, t: Template) -> dict[str, list]:
 def shapes_thumbnail(t: Template, outputs: dict[str, list]):
     """The picture and the Enfoque Heatmaps a shapes template showed after its run."""
     picture = (outputs.get("save") or outputs["image"])[0]
-    heat = [outputs[k][0] for k in ("heat", "cheat") if k in outputs]
+    heat = [outputs[k][0] for k in ("heat", "cheat", "mask", "save2") if k in outputs]
     seed = next((n.widgets[0] for n in t.nodes if n.type == "KSampler"), None)
     made = "drawn by the shapes model" + (f" (seed {seed})" if seed is not None else "")
     what = "the loaded picture and its maps" if "image" in outputs else f"the picture {made} and its maps"
