@@ -145,7 +145,8 @@ def test_stock_and_patched_clip_maps_agree(quality):
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("name", ["Shapes - attention maps per word", "Shapes - concept maps", "Shapes - explain an image"])
+@pytest.mark.parametrize("name", ["Shapes - attention maps per word", "Shapes - concept maps", "Shapes - explain an image",
+                                  "Shapes - move a word"])
 def test_shapes_templates_run_once_installed(comfy_server, name):
     """Each shapes template, queued as the frontend queues it, runs on the installed model files and
     shows its maps over the picture."""

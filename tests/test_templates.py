@@ -337,7 +337,10 @@ def test_example_workflow_is_consistent(comfy_server, path):
     assert len(nodes) == len(wf["nodes"]), "duplicate node ids"
     assert max(nodes) <= wf["last_node_id"]
     types = {n["type"] for n in nodes.values()}
-    core = {"EnfoquePatchCLIP", "EnfoquePatchModel", "EnfoqueHeatmaps"}
+    # what a template shows: heatmaps, or (moving a word) the mask a map makes, fed to a region
+    shown = {"EnfoqueMapsToMask", "EnfoqueRegion"} if "EnfoqueRegion" in types and "EnfoqueHeatmaps" not in types \
+        else {"EnfoqueHeatmaps"}
+    core = {"EnfoquePatchCLIP", "EnfoquePatchModel"} | shown
     # a picture the user has (Enfoque Image Maps) or one the sampler makes
     core |= {"EnfoqueImageMaps", "VAEEncode"} if "EnfoqueImageMaps" in types else {
         "EnfoqueAttentionMaps", "KSampler", "VAEDecode"}

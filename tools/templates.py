@@ -799,7 +799,7 @@ def shapes_move() -> Template:
         Node("maps", "EnfoqueAttentionMaps", ["circle", "positive", 0, -1, -1, "cross"], "Look", 1),
         Node("mask", "EnfoqueMapsToMask", ["circle", 0.0, 0, 0], "Look", 1, title="Where 'circle' landed"),
         Node("region", "EnfoqueRegion", ["green triangle", 1.0, 0.0, 1.0], "Look", 2),
-        Node("sampler2", "KSampler", SHAPES_SAMPLER, "Look", 2),
+        Node("sampler2", "KSampler", [2, *SHAPES_SAMPLER[1:]], "Look", 2, title="KSampler (the second picture)"),
         Node("decode2", "VAEDecode", [], "Look", 3),
         Node("save2", "SaveImage", ["enfoque/shapes_moved"], "Look", 3),
     ]
@@ -1032,7 +1032,7 @@ def compose(parts: list, badge: str, text: str):
 
     render, _ = _render()
     width, height = THUMB_SIZE
-    pad, top = 16, 72
+    pad, top = 16, 90
     canvas = Image.new("RGB", THUMB_SIZE, THUMB_BG)
     draw = ImageDraw.Draw(canvas)
     font = render.load_font(30)
@@ -1042,7 +1042,7 @@ def compose(parts: list, badge: str, text: str):
     draw.text((pad + 14 - left, 36 - (ftop + fbottom) / 2), badge, fill=(0, 0, 0), font=font)
     small = render.load_font(19)
     lines = _wrap(text, small, width - 3 * pad - bw)
-    for i, line in enumerate(lines[:2]):
+    for i, line in enumerate(lines[:3]):
         draw.text((2 * pad + bw, 16 + 22 * i + (11 if len(lines) == 1 else 0)), line, fill=(225, 225, 225), font=small)
     gap = 12
     avail_w, avail_h = width - 2 * pad - gap * (len(parts) - 1), height - top - pad
@@ -1103,7 +1103,11 @@ def shapes_thumbnail(t: Template, outputs: dict[str, list]):
     seed = next((n.widgets[0] for n in t.nodes if n.type == "KSampler"), None)
     made = "drawn by the shapes model" + (f" (seed {seed})" if seed is not None else "")
     what = "the loaded picture and its maps" if "image" in outputs else f"the picture {made} and its maps"
-    return compose([picture, *heat], REAL_OUTPUT, f"This template's own output, run on the shapes model: {what}.")
+    text = f"This template's own output, run on the shapes model: {what}."
+    if "save2" in outputs:
+        text = ("This template's own output on the shapes model: a picture, the mask from one word's map, and a second "
+                "picture with the region's words inside the mask.")
+    return compose([picture, *heat], REAL_OUTPUT, text)
 
 
 def save_thumbnail(image, path: Path) -> None:
