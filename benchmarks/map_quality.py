@@ -58,6 +58,7 @@ WINDOWS = {  # name -> steps (of 20) averaged
     "steps 10-19": range(10, 20),
 }
 DEFAULT_SETTING = ("all blocks", "all steps")
+QUICK_LATE = ("all blocks", "steps 15-19")  # the quick run's second setting: late steps, no per-block runs needed
 
 
 @dataclass
@@ -508,7 +509,7 @@ def sharp_maps(rig: Rig, runs: list[CaptionRun], sets: dict[str, list[str]], qui
     for kind in ("cross", "refined"):
         views = [r.view(kind) for r in runs]
         for bn, bl, wn, wr in settings(rig.n_blocks):
-            if quick and (bn, wn) != DEFAULT_SETTING:
+            if quick and (bn, wn) not in (DEFAULT_SETTING, QUICK_LATE):
                 continue
             grid[(kind, bn, wn)] = sharpness.setting_scores(views, bl, wr, "bilinear")
             for name, rs in per_set.items():
@@ -527,8 +528,9 @@ def sharp_maps(rig: Rig, runs: list[CaptionRun], sets: dict[str, list[str]], qui
                                       "documented_miou": scores[documented[kind]]["shape_miou_otsu"]}
     guided = {}
     blocks_of = {bn: bl for bn, bl, _, _ in settings(rig.n_blocks)}
-    for kind in ("cross", "refined"):
-        for bn, wn in {DEFAULT_SETTING, documented[kind]}:
+    for kind in ("cross", "refined"):  # every step window of all blocks and of the documented blocks
+        for bn, wn in sorted({(bn, wn) for (k, bn, wn) in grid if k == kind
+                              and bn in (DEFAULT_SETTING[0], documented[kind][0])}):
             guided[(kind, bn, wn)] = sharpness.setting_scores([r.view(kind) for r in runs], blocks_of[bn],
                                                               WINDOWS[wn], "guided")
     leaks = {}

@@ -10,6 +10,8 @@
 (b) two-object captions whose region masks put each object's words on the other side from the one the
     caption says: how often both objects follow the masks (a finding either way), beside
     ConditioningSetMask (one conditioning per object, each masked);
+(a2) where the image's attention to the object's words goes (the share of their map inside the mask),
+    with a region at strength 1 and 0.5, none, and ConditioningSetMask;
 (c) whether a region's words, as queries, should also see only the image inside the mask (as ComfyUI
     core's Flux attention masks do): (a) and (b) with and without it;
 (d) weights, dose-response: presence and area of the left object for ``shape:w``, w in 0, 0.25, 0.5, 1,
@@ -89,8 +91,10 @@ class Steering:
         finally:
             regions.WORDS_SEE_MASK = old
 
-    def stock_masked(self, parts: list[tuple[str, np.ndarray]]):
-        conds = [self.rig.node("ConditioningSetMask", conditioning=self.rig.encode(text, patched=False),
+    def stock_masked(self, parts: list[tuple[str, np.ndarray]], patched: bool = False):
+        """ConditioningSetMask per part, combined (``patched``: encoded by Enfoque Patch CLIP, whose encode of a
+        prompt without weights is the stock one, so the maps are labelled by words)."""
+        conds = [self.rig.node("ConditioningSetMask", conditioning=self.rig.encode(text, patched=patched),
                                mask=self.mask(m), strength=1.0, set_cond_area="default")[0] for text, m in parts]
         out = conds[0]
         for c in conds[1:]:
@@ -128,6 +132,41 @@ def single_objects(st: Steering, captions: list[str], seed: int, batch: int, neg
         out[method] = {"pictures": n, "in_quadrant": hits / n, "right_object_in_quadrant": right / n,
                        "seconds_per_picture": seconds / n}
     return out
+
+
+def attention_inside(st: Steering, captions: list[str], seed: int, batch: int, negative) -> dict:
+    """Where the image's attention to the object's words goes: the share of the words' map (mean over steps
+    and blocks, token grid) inside the quadrant mask, per method. A region at strength 1 leaves nothing
+    outside; ConditioningSetMask masks the model's output, not its attention."""
+    model, probe = st.rig.patch(capture=True)
+    quads = list(quadrants().items())
+    out: dict[str, dict] = {}
+    for method, strength in (("none", None), ("region, strength 0.5", 0.5), ("region", 1.0),
+                             ("ConditioningSetMask", None)):
+        shares = []
+        for k, cap in enumerate(captions):
+            _, q = quads[k % len(quads)]
+            obj = " ".join(cap.split()[1:])
+            if method == "ConditioningSetMask":
+                pos = st.stock_masked([(cap, q), ("", 1.0 - q)], patched=True)
+            elif strength is None:
+                pos = st.rig.encode(cap)
+            else:
+                pos = st.rig.node("EnfoqueRegion", conditioning=st.rig.encode(cap), mask=st.mask(q), words=obj,
+                                  strength=strength, start_percent=0.0, end_percent=1.0)[0]
+            latent = st.rig.sample(model, pos, negative, seed + k, batch)
+            maps = st.rig.node("EnfoqueAttentionMaps", probe=probe, latent=latent, words=obj)[0].maps.numpy()
+            cells = area_cells(q, maps.shape[-2:])
+            shares += list((maps[:, 0] * cells).sum(axis=(1, 2)) / maps[:, 0].sum(axis=(1, 2)))
+        out[method] = {"pictures": len(shares), "share_inside": float(np.mean(shares)),
+                       "share_inside_min": float(np.min(shares))}
+    return out
+
+
+def area_cells(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The mask's mean over each cell of a ``size`` grid (the sizes divide)."""
+    h, w = size
+    return mask.reshape(h, mask.shape[0] // h, w, mask.shape[1] // w).mean(axis=(1, 3))
 
 
 def swapped_objects(st: Steering, captions: list[str], seed: int, batch: int, negative) -> dict:
@@ -197,6 +236,11 @@ def tables(res: dict) -> str:
     for m, v in res["single"].items():
         lines.append(f"| {m} | {v['pictures']} | {v['in_quadrant']:.0%} | {v['right_object_in_quadrant']:.0%} | "
                      f"{v['seconds_per_picture']:.2f} |")
+    lines += ["", "(a2) the image's attention to the object's words: the share of their map (token grid, mean over "
+              "steps and blocks) inside the quadrant mask (the quadrant is 25 % of the picture)", "",
+              "| method | pictures | share inside (mean) | share inside (lowest) |", "|---|---|---|---|"]
+    for m, v in res["attention"].items():
+        lines.append(f"| {m} | {v['pictures']} | {v['share_inside']:.1%} | {v['share_inside_min']:.1%} |")
     lines += ["", "(b) two objects, each object's words masked to the other side than the caption says: both "
               "objects follow the masks", "", "| method | pictures | both follow | s / picture |", "|---|---|---|---|"]
     for m, v in res["swapped"].items():
@@ -221,6 +265,8 @@ def evaluate(rig: mq.Rig, quick: bool = False, seed: int = 515151, log=print) ->
     res = {"single": single_objects(st, singles, seed, batch, negative)}
     log(f"  single objects ({time.time() - t0:.0f} s)")
     distinct = [c for c in held if sd.parse_caption(c)[0] != sd.parse_caption(c)[1]]  # a swap must show
+    res["attention"] = attention_inside(st, singles[:2] if quick else singles[:6], seed + 300, batch, negative)
+    log(f"  attention inside the mask ({time.time() - t0:.0f} s)")
     res["swapped"] = swapped_objects(st, distinct[: 2 if quick else 8], seed + 100, batch, negative)
     log(f"  swapped objects ({time.time() - t0:.0f} s)")
     dose_caps = [c for c in held if sd.parse_caption(c)[0][1] != sd.parse_caption(c)[1][1]][: 2 if quick else 6]

@@ -1,8 +1,10 @@
-"""Maps at picture resolution (attention/upsample.py): the box filter and the guided filter against naive
-references written plainly here in float64 (explicit windows, a 3 x 3 solve per pixel), and what the
-guide buys on a picture with a sharp object."""
+"""Maps at picture resolution (attention/upsample.py): joint bilateral upsampling against a naive reference
+written plainly here in float64 (every pixel, every cell), and what the guide buys on a picture with a
+sharp object."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -10,63 +12,76 @@ import torch
 import torch.nn.functional as F
 
 from attention.maps import otsu_threshold
-from attention.upsample import box, guided
+from attention.upsample import guided
 
 
-def ref_box(x: np.ndarray, r: int) -> np.ndarray:
-    """The mean over the (2r+1)^2 window around each pixel, clipped at the borders, by loops."""
-    h, w = x.shape[-2:]
-    out = np.zeros(x.shape, dtype=np.float64)
-    for i in range(h):
-        for j in range(w):
-            win = x[..., max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1]
-            out[..., i, j] = win.mean(axis=(-1, -2))
+def ref_joint_bilateral(m: np.ndarray, image: np.ndarray, sigma_cells: float, sigma_colour: float) -> np.ndarray:
+    """``m [h, w]`` at ``image [H, W, 3]``'s size: per pixel, the mean of the cells within 2 sigma_cells of
+    the cell nearest its centre (on both axes), weighted by the grid distance and the colour distance to the
+    cell's mean colour."""
+    h, w = m.shape
+    big_h, big_w = image.shape[:2]
+    sy, sx = big_h / h, big_w / w
+    cell = np.zeros((h, w, 3))
+    for a in range(h):
+        for c in range(w):  # area mean of the picture over the cell (the sizes divide here)
+            cell[a, c] = image[round(a * sy) : round((a + 1) * sy), round(c * sx) : round((c + 1) * sx)].mean((0, 1))
+    reach = math.ceil(2 * sigma_cells)
+    out = np.zeros((big_h, big_w))
+    for y in range(big_h):
+        for x in range(big_w):
+            uy, ux = (y + 0.5) / sy - 0.5, (x + 0.5) / sx - 0.5
+            num = den = 0.0
+            for a in range(int(np.round(uy)) - reach, int(np.round(uy)) + reach + 1):
+                for c in range(int(np.round(ux)) - reach, int(np.round(ux)) + reach + 1):
+                    if not (0 <= a < h and 0 <= c < w):
+                        continue
+                    d2 = (uy - a) ** 2 + (ux - c) ** 2
+                    r2 = ((image[y, x] - cell[a, c]) ** 2).sum()
+                    wt = math.exp(-d2 / (2 * sigma_cells**2) - r2 / (2 * sigma_colour**2))
+                    num += wt * m[a, c]
+                    den += wt
+            out[y, x] = num / den
     return out
 
 
-def ref_guided(p: np.ndarray, guide: np.ndarray, r: int, eps: float) -> np.ndarray:
-    """He et al.'s colour guided filter of ``p [H, W]`` with ``guide [3, H, W]``, written out per pixel."""
-    h, w = p.shape
-    a = np.zeros((3, h, w))
-    b = np.zeros((h, w))
-    for i in range(h):
-        for j in range(w):
-            sl = (slice(max(0, i - r), i + r + 1), slice(max(0, j - r), j + r + 1))
-            g = guide[:, sl[0], sl[1]].reshape(3, -1)
-            q = p[sl].reshape(-1)
-            mu = g.mean(1)
-            cov = (g @ g.T) / g.shape[1] - np.outer(mu, mu) + eps * np.eye(3)
-            cov_ip = (g * q).mean(1) - mu * q.mean()
-            a[:, i, j] = np.linalg.solve(cov, cov_ip)
-            b[i, j] = q.mean() - a[:, i, j] @ mu
-    return (ref_box(a, r) * guide).sum(0) + ref_box(b, r)
-
-
-@pytest.mark.parametrize("r", [0, 1, 3, 20])
-def test_box_filter_equals_explicit_windows(r):
-    x = torch.rand(2, 3, 9, 14, dtype=torch.float64)
-    np.testing.assert_allclose(box(x, r).numpy(), ref_box(x.numpy(), r), atol=1e-12)
-
-
-def test_guided_filter_equals_reference():
+@pytest.mark.parametrize("sigmas", [(2.0, 0.1), (1.0, 0.3), (0.5, 1.0)])
+def test_guided_equals_reference(sigmas):
     g = torch.Generator().manual_seed(3)
-    maps = torch.rand(1, 2, 3, 4, generator=g)
-    image = torch.rand(1, 15, 20, 3, generator=g)
-    out = guided(maps, image, radius=2, eps=1e-2)
-    up = F.interpolate(maps, size=(15, 20), mode="bilinear", align_corners=False)[0].double().numpy()
+    maps = torch.rand(1, 2, 4, 5, generator=g)
+    image = torch.rand(1, 12, 20, 3, generator=g)
+    image[0, :6, :8] = torch.tensor([1.0, 0.0, 0.0])  # a flat patch with an edge, beside noise
+    out = guided(maps, image, *sigmas)
     for k in range(2):
-        expected = ref_guided(up[k], image[0].permute(2, 0, 1).double().numpy(), 2, 1e-2)
+        expected = ref_joint_bilateral(maps[0, k].double().numpy(), image[0].double().numpy(), *sigmas)
         np.testing.assert_allclose(out[0, k].double().numpy(), expected, atol=1e-5)
 
 
-def test_guided_is_linear_in_the_map_and_keeps_a_flat_picture_smooth():
+def test_guided_pairs_batch_rows_with_their_pictures():
+    g = torch.Generator().manual_seed(5)
+    maps = torch.rand(2, 3, 4, 4, generator=g)
+    images = torch.rand(2, 16, 16, 3, generator=g)
+    both = guided(maps, images)
+    for row in range(2):
+        torch.testing.assert_close(both[row], guided(maps[row : row + 1], images[row : row + 1])[0])
+    one_picture = guided(maps, images[:1])  # one picture guides every row
+    torch.testing.assert_close(one_picture[1], guided(maps[1:2], images[:1])[0])
+
+
+def test_guided_is_linear_in_the_map_and_keeps_a_constant_map():
     g = torch.Generator().manual_seed(4)
     maps = torch.rand(2, 3, 4, 4, generator=g)
     image = torch.rand(2, 32, 32, 3, generator=g)
     torch.testing.assert_close(guided(3.0 * maps, image), 3.0 * guided(maps, image), rtol=1e-4, atol=1e-5)
-    flat = torch.full((1, 32, 32, 3), 0.5)  # no edges: the output is the bilinear map, box-filtered twice
-    up = F.interpolate(maps[:1], size=(32, 32), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(guided(maps[:1], flat, radius=4), box(box(up, 4), 4), rtol=0, atol=1e-5)
+    torch.testing.assert_close(guided(torch.full((1, 1, 4, 4), 0.7), image[:1]), torch.full((1, 1, 32, 32), 0.7))
+
+
+def test_guided_never_divides_zero_by_zero():
+    """A pixel whose colour is far from every nearby cell's (white on black) still gets a value."""
+    image = torch.zeros(1, 64, 64, 3)
+    image[0, 31, 31] = 1.0
+    out = guided(torch.rand(1, 1, 8, 8), image)
+    assert torch.isfinite(out).all()
 
 
 def test_guided_follows_the_edges_of_the_picture():
@@ -84,4 +99,4 @@ def test_guided_follows_the_edges_of_the_picture():
 
     bilinear = F.interpolate(small, size=(128, 128), mode="bilinear", align_corners=False)[0, 0]
     sharp = guided(small, image)[0, 0]
-    assert iou(sharp) > iou(bilinear) + 0.1 and iou(sharp) > 0.9
+    assert iou(sharp) > iou(bilinear) + 0.1 and iou(sharp) > 0.9, (iou(bilinear), iou(sharp))
