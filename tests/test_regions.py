@@ -43,9 +43,9 @@ class RegionReference:
     the region's bias written out, and the largest difference from the pack's output kept."""
 
     def __init__(self, inner, is_text, q0: int, n_img: int | None, cols: list[int], grid_of, mask: torch.Tensor,
-                 strength: float):
+                 strength: float, see: bool):
         self.inner, self.is_text, self.q0, self.n_img, self.cols = inner, is_text, q0, n_img, cols
-        self.grid_of, self.mask, self.strength = grid_of, mask, strength
+        self.grid_of, self.mask, self.strength, self.see = grid_of, mask, strength, see
         self.worst, self.calls, self.dropped = 0.0, 0, 0.0
 
     def __deepcopy__(self, memo):
@@ -70,6 +70,8 @@ class RegionReference:
         i = options["cond_or_uncond"].index(0)
         region = bias[i * rows:(i + 1) * rows, :, self.q0:self.q0 + n]
         region[..., self.cols] += lw[None, None, :, None]
+        if self.see and qh.shape[2] == kh.shape[2]:  # joint attention: the word's own queries see the mask too
+            bias[i * rows:(i + 1) * rows, :, self.cols, self.q0:self.q0 + n] += lw[None, None, None, :]
         logits = qh.double() @ kh.double().transpose(-1, -2) / qh.shape[-1] ** 0.5 + bias
         p = torch.softmax(logits, dim=-1)
         ref = p @ vh.double()
@@ -82,21 +84,32 @@ class RegionReference:
         return out
 
 
-def run_with_reference(comfy, model, cond, words, mask, strength, is_text, q0, n_img, cols, grid_of, sample):
-    region = comfy.run("EnfoqueRegion", conditioning=cond, mask=mask, words=words, strength=strength,
-                       start_percent=0.0, end_percent=1.0)[0]
+def run_with_reference(comfy, model, cond, words, mask, strength, is_text, q0, n_img, cols, grid_of, sample,
+                       see: bool | None = None):
+    """``see``: whether the region's words, as queries, see only the image inside the mask; None: the pack's
+    default (`nodes/model_patch/regions.WORDS_SEE_MASK`), which the node reads when it runs."""
+    regions = comfy.submodule("nodes.model_patch.regions")
+    default = regions.WORDS_SEE_MASK
+    regions.WORDS_SEE_MASK = default if see is None else see
+    try:
+        region = comfy.run("EnfoqueRegion", conditioning=cond, mask=mask, words=words, strength=strength,
+                           start_percent=0.0, end_percent=1.0)[0]
+    finally:
+        regions.WORDS_SEE_MASK = default
     patched, probe = patch(comfy, model)
     options = patched.model_options["transformer_options"]
     ref = RegionReference(options["optimized_attention_override"], is_text, q0, n_img, cols, grid_of,
-                          mask, strength)
+                          mask, strength, default if see is None else see)
     options["optimized_attention_override"] = ref
     sample(patched, region)
     return ref, probe
 
 
-@pytest.mark.parametrize("strength", [1.0, 0.5])
+@pytest.mark.parametrize(("strength", "see"), [(1.0, None), (0.5, None), (1.0, "other")])
 @pytest.mark.parametrize("name", list(CASES))
-def test_regions_equal_float64_reference_dit_families(comfy, tiny_dir, name, strength):
+def test_regions_equal_float64_reference_dit_families(comfy, tiny_dir, name, strength, see):
+    """Each family, at the default of whether the words see only the inside of the mask, and at the other
+    setting (the one benchmarks/regions.py measured against it)."""
     f = fam(comfy, tiny_dir, name)
     layout = f.pos[0][1]["enfoque_layout"]
     L = f.pos[0][0].shape[1]
@@ -111,7 +124,8 @@ def test_regions_equal_float64_reference_dit_families(comfy, tiny_dir, name, str
         return k.shape[2] == place.k_len and (place.q_len is None or q.shape[2] == place.q_len)
 
     ref, _ = run_with_reference(comfy, f.model, f.pos, "cat", mask, strength, is_text, place.q0, place.n_img, cols,
-                                lambda n: (frames, h, w), lambda m, c: fam_ksample(comfy, f, m, c, f.neg))
+                                lambda n: (frames, h, w), lambda m, c: fam_ksample(comfy, f, m, c, f.neg),
+                                see=None if see is None else not comfy.submodule("nodes.model_patch.regions").WORDS_SEE_MASK)
     assert ref.calls > 0 and ref.worst < 1e-5, (ref.calls, ref.worst)
     if strength == 1.0:
         assert ref.dropped == 0.0  # outside the mask the image does not attend to "cat"
