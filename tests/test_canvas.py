@@ -333,12 +333,19 @@ def test_over_steps_without_keep_steps_fails_with_the_fix(comfy_server):
         comfy_server.run(graph, timeout=180)
 
 
-def test_template_for_animation_uses_the_stock_saver():
+@pytest.mark.server
+def test_template_for_animation_uses_the_stock_saver(comfy_server):
+    """The animation template's Enfoque Heatmaps draws one frame per step (over steps, keep_steps on), read by
+    widget name in the order the frontend saves them (/object_info's), into the stock Save Animated WEBP."""
+    from test_templates import api_prompt  # tools/templates.py's
+
     path = REPO_ROOT / "example_workflows" / "SD3.5 - attention over the denoising steps.json"
     wf = json.loads(path.read_text(encoding="utf-8"))
     nodes = {n["id"]: n for n in wf["nodes"]}
     heat = next(n for n in nodes.values() if n["type"] == "EnfoqueHeatmaps")
     patch = next(n for n in nodes.values() if n["type"] == "EnfoquePatchModel")
-    assert heat["widgets_values"][-1] == "steps" and patch["widgets_values"][8] is True  # over, keep_steps
+    queued = api_prompt(wf, comfy_server.object_info())
+    assert queued[str(heat["id"])]["inputs"]["over"] == "steps"
+    assert queued[str(patch["id"])]["inputs"]["keep_steps"] is True
     (link,) = [lk for lk in wf["links"] if lk[1] == heat["id"]]
     assert nodes[link[3]]["type"] == "SaveAnimatedWEBP"

@@ -725,6 +725,32 @@ def test_hires_fix_graph(comfy, tiny_dir, name):
                   words="")
 
 
+@pytest.mark.parametrize("name", ["sd3", "sd15"])
+def test_two_runs_of_one_shape_each_keep_their_maps(comfy, tiny_dir, name, caplog):
+    """Two KSamplers on one patched model, latents of one shape, other prompts: each Attention Maps reads the run
+    its latent came from, in any order (ComfyUI may run both samplers first, or keep one's output cached); a
+    latent changed after sampling reads the newest run of its shape, and says so once."""
+    model, pos, neg, latent_node, cfg = family(comfy, tiny_dir, name)
+    latent = latent_for(comfy, latent_node)
+    patched, probe = patch(comfy, model)
+    first = ksample(comfy, patched, pos, neg, latent, cfg, seed=3)
+    second = ksample(comfy, patched, neg, pos, latent, cfg, seed=4)  # "blurry" is this run's prompt
+    again = ksample(comfy, patched, pos, neg, latent, cfg, seed=3)  # the first run again (a cached sampler's)
+    assert torch.equal(again["samples"], first["samples"]) and len(probe.results) == 2
+
+    def labels(lat):
+        return list(comfy.run("EnfoqueAttentionMaps", probe=probe, latent=lat, words="")[0].words)
+
+    assert labels(second) == ["blurry"]
+    assert labels(first) == PROMPT_WORDS
+    changed = {"samples": first["samples"] + 0.5}
+    with caplog.at_level("WARNING"):
+        assert labels(changed) == PROMPT_WORDS  # the newest run of this shape: the first run, sampled again
+        labels(changed)
+    said = [r.getMessage() for r in caplog.records if "is not one a kept run" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("Enfoque: Enfoque Attention Maps: this latent")
+
+
 def test_budget_exceeded_while_sampling_names_the_node(comfy, tiny_dir):
     """dpm_2 calls the model at more sigmas than its step count, so keep_steps keeps more maps than the
     estimate that passed before the run: the refusal during sampling is in the pack's error style."""
@@ -767,7 +793,7 @@ def spy_on_runs(probe) -> list:
     refs: list = []
     end_run = probe.end_run
 
-    def spy(ok):
+    def spy(ok, output=None):
         run = probe.run
         if run is not None:
             refs.append(weakref.ref(run))
@@ -779,7 +805,7 @@ def spy_on_runs(probe) -> list:
                     refs.extend(weakref.ref(c.columns) for c in plan.captures)
                     if plan.reweight is not None:
                         refs.append(weakref.ref(plan.reweight.weights))
-        end_run(ok)
+        end_run(ok, output)
 
     probe.end_run = spy
     return refs
@@ -821,13 +847,14 @@ def test_no_tensors_kept_after_a_run(comfy, tiny_dir, name):
         ksample(comfy, patched, weighted, neg, latent_for(comfy, latent_node), cfg, seed=seed)
         assert probe.run is None
     assert_freed(refs)
-    # what stays: the final maps of the last run, nothing else
-    res = probe.result
-    assert probe.results == [res]
-    tensors = result_tensors(res)
-    maps = list(res.maps.values())
-    assert len(maps) == 2 and {id(t) for t in tensors} == {id(t) for t in maps}
-    assert all(t.dtype == torch.float32 and t.shape[0] == 1 for t in maps)
+    # what stays of each run: its final maps and the latent it returned (how Attention Maps finds it), nothing else
+    assert probe.results[-1] is probe.result and len(probe.results) == 2
+    for res in probe.results:
+        tensors = result_tensors(res)
+        maps = list(res.maps.values())
+        assert len(maps) == 2 and {id(t) for t in tensors} == {id(t) for t in maps} | {id(res.output)}
+        assert all(t.dtype == torch.float32 and t.shape[0] == 1 for t in maps)
+        assert res.output.dtype == torch.float32 and res.output.device.type == "cpu"
 
 
 class Interrupting(PlainAttention):
@@ -852,8 +879,9 @@ def test_interrupted_and_failed_runs_leave_nothing(comfy, tiny_dir):
     latent = latent_for(comfy, latent_node)
     interrupting = Interrupting()
     patched, probe = patch(comfy, with_override(model, interrupting))
-    ksample(comfy, patched, pos, neg, latent, cfg)
+    finished = ksample(comfy, patched, pos, neg, latent, cfg)
     clean = probe.result.maps[("positive", 0)].clone()
+    kept = probe.results[:]
     refs = spy_on_runs(probe)
 
     interrupting.armed, interrupting.calls = True, 0
@@ -864,9 +892,10 @@ def test_interrupted_and_failed_runs_leave_nothing(comfy, tiny_dir):
         interrupting.armed = False
         mm.interrupt_current_processing(False)
     assert interrupting.calls == 3, "the interrupt did not come in the middle of the run"
-    assert probe.run is None and probe.result is None and probe.results == []
-    with pytest.raises(ValueError, match="no finished sampling run"):
-        comfy.run("EnfoqueAttentionMaps", probe=probe, latent=latent, words="")
+    # nothing of the interrupted run: the finished run before it is all the probe keeps
+    assert probe.run is None and probe.result is None and probe.results == kept and len(kept) == 1
+    maps = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=finished, words="")[0]
+    assert maps.meta["run"] == kept[0].run
 
     class Failing(PlainAttention):  # an earlier override that breaks in the middle of the run
         def __call__(self, *args, **kwargs):
@@ -878,7 +907,9 @@ def test_interrupted_and_failed_runs_leave_nothing(comfy, tiny_dir):
     failing_refs = spy_on_runs(failing_probe)
     with pytest.raises(RuntimeError, match="a kernel failed"):
         ksample(comfy, failing, pos, neg, latent, cfg)
-    assert failing_probe.run is None and failing_probe.result is None
+    assert failing_probe.run is None and failing_probe.result is None and failing_probe.results == []
+    with pytest.raises(ValueError, match="no finished sampling run"):
+        comfy.run("EnfoqueAttentionMaps", probe=failing_probe, latent=latent, words="")
 
     ksample(comfy, patched, pos, neg, latent, cfg)  # the next run: the same maps as before the interruption
     close(probe.result.maps[("positive", 0)], clean, 0.0)

@@ -181,21 +181,39 @@ def test_fitted_layouts(pieces, caplog):
     assert "negative conditioning #0 has no text context" in text
 
 
-def test_results_store_keeps_one_run_per_shape(pieces):
+def test_results_store_knows_each_run_by_the_latent_it_returned(pieces):
     store_mod = pieces.store
     store = store_mod.ResultStore()
 
-    def result(batch, grid, run):
-        return store_mod.ProbeResult({}, {}, {}, {}, grid, [], [], run, batch)
+    def result(batch, grid, run, out=None, maps=None):
+        return store_mod.ProbeResult(maps or {}, {}, {}, {}, grid, [], [], run, batch,
+                                     output=None if out is None else torch.full((batch, 4, *grid), float(out)))
 
-    for i, shape in enumerate([(1, (4, 4)), (1, (6, 6)), (1, (4, 4)), (2, (4, 4)), (3, (4, 4)), (4, (4, 4))]):
-        store.add(result(shape[0], shape[1], i))
-    # run 2 replaced run 0 (same shape); at most MAX_RESULTS = 4 kept, the oldest dropped
+    same = [result(1, (4, 4), i, out=i) for i in range(3)]
+    for r in same:
+        store.add(r)
+    # three runs of one shape: each found by its own latent, the newest by any other latent of that shape
+    assert [store.find((1, (4, 4)), torch.full((1, 4, 4, 4), float(i))).run for i in range(3)] == [0, 1, 2]
+    assert store.find((1, (4, 4)), torch.full((1, 4, 4, 4), 7.0)).run == 2
+    assert store.find((1, (4, 4)), torch.full((1, 4, 4, 4), 1.0, dtype=torch.float64)).run == 1  # any dtype
+    assert store.find((1, (4, 4))).run == 2 and store.find((1, (6, 6))) is None and store.last.run == 2
+    store.add(result(1, (4, 4), 3, out=1))  # the same run again (same latent): it replaces the kept one
+    assert [r.run for r in store.results] == [0, 2, 3]
+    for i, shape in enumerate([(1, (6, 6)), (2, (4, 4))], start=4):
+        store.add(result(shape[0], shape[1], i, out=i))
+    # at most MAX_RESULTS = 4 kept, the oldest dropped
     assert store_mod.MAX_RESULTS == 4 and [r.run for r in store.results] == [2, 3, 4, 5]
-    assert store.find((1, (6, 6))) is None and store.find((1, (4, 4))).run == 2 and store.find(None).run == 5
-    assert store.last.run == 5
-    store.forget((4, (4, 4)))
-    assert store.last is None and [r.run for r in store.results] == [2, 3, 4]
+    assert store.find(None).run == 5
+    store.forget()
+    assert store.last is None and len(store.results) == 4
+    # within a byte budget: the oldest dropped first, the newest always kept
+    big = {("positive", 0): torch.zeros(1, 8, 16, 16)}  # 8 KiB of maps (and a 256 B latent)
+    budget = store_mod.ResultStore()
+    for i in range(3):
+        budget.add(result(1, (4, 4), 10 + i, out=i, maps=big), budget_bytes=2 * (8192 + 256) + 10)
+    assert [r.run for r in budget.results] == [11, 12] and budget.results[0].nbytes == 8192 + 256
+    budget.add(result(1, (4, 4), 13, out=3, maps=big), budget_bytes=100)
+    assert [r.run for r in budget.results] == [13]
 
 
 def test_run_log_says_each_reason_once(pieces, caplog):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import torch
+
 from ...attention.sdpa import FALLBACKS, reset_fallback_log
 from ..names import PATCH_MODEL as NODE
 from . import families
@@ -17,7 +19,7 @@ from .conditionings import build_routes
 from .record import RunRecord, by_key, run_log
 from .regions import check_regions, latent_pixels, region_sigmas
 from .state import Geometry, HookKeys, Patch, ProbeConfig
-from .store import ProbeResult, ResultStore
+from .store import ProbeResult, ResultStore, as_kept
 
 _ids = itertools.count()
 
@@ -63,7 +65,7 @@ class ModelProbe:
 
     @property
     def results(self) -> list[ProbeResult]:
-        """Finished runs, newest last, one per (batch, grid)."""
+        """Finished runs, newest last (`store.ResultStore`)."""
         return self.store.results
 
     def selected_blocks(self) -> int:
@@ -100,10 +102,11 @@ class ModelProbe:
             with_concepts=self.concepts is not None, log=log,
             region_windows=region_sigmas(specs, model_sampling),
         )
-        self.store.forget(self._shape(latent_shape) if latent_shape else None)
+        self.store.forget()
 
-    def end_run(self, ok: bool) -> None:
-        """The run ended: keep what it captured if it finished, and free the running sums either way."""
+    def end_run(self, ok: bool, output: Any = None) -> None:
+        """The run ended: keep what it captured if it finished, known by the latent it returned (``output``),
+        and free the running sums either way."""
         run, self.run = self.run, None
         if not ok or run is None:
             return
@@ -143,8 +146,10 @@ class ModelProbe:
             refined_maps=refined,
             refined_step_maps={k: racc.step_means(k) for k in refined} if cfg.keep_steps else {},
             refined_block_maps={k: racc.block_means(k) for k in refined} if cfg.keep_blocks else {},
-        ))
+            output=as_kept(output) if type(output) is torch.Tensor else None,  # a nested (packed) latent: by shape
+        ), budget_bytes=cfg.budget_mb * 2**20)
 
-    def result_for(self, latent_shape: tuple[int, ...] | None) -> ProbeResult | None:
-        """The newest finished run whose latent had this shape (batch, grid); the newest run without a shape."""
-        return self.store.find(self._shape(latent_shape) if latent_shape else None)
+    def result_for(self, latent_shape: tuple[int, ...] | None, samples: torch.Tensor | None = None) -> ProbeResult | None:
+        """The finished run that returned ``samples``, else the newest whose latent had this shape (batch, grid);
+        the newest run without a shape."""
+        return self.store.find(self._shape(latent_shape) if latent_shape else None, samples)

@@ -11,6 +11,7 @@ and the frames of each kept step, block and latent frame all go through the same
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ import torch
 from ...attention.formats import brief, listed
 from ...attention.frames import Frame, FramedMaps
 from ...attention.maps import pool_tokens
+from ...attention.oncelog import OnceLog
 from ...attention.selection import NotAWord, Pick, parse_items, select
 from ..common.errors import check_option, not_a_word
 from ..names import CONCEPTS, PATCH_CLIP, PATCH_MODEL
@@ -26,6 +28,7 @@ from .probe import ModelProbe
 from .store import ProbeResult
 
 KINDS = ("cross", "concept", "refined")
+READS = OnceLog(logging.getLogger(__name__), prefix="Enfoque: ")
 PROMPTS = ("positive", "negative")
 
 
@@ -168,7 +171,10 @@ def find_result(probe, latent, node: str) -> tuple[ProbeResult, tuple[int, ...] 
         raise ValueError(f"{node}: capture is off on {PATCH_MODEL}, so nothing was recorded; turn capture on.")
     samples = latent.get("samples") if isinstance(latent, dict) else None
     shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) and samples.ndim >= 3 else None
-    result = probe.result_for(shape)
+    result = probe.result_for(shape, samples)
+    if result is not None and result.output is not None and not result.returned(samples):
+        READS.once((id(probe), result.run), "%s: this latent is not one a kept run of its probe returned (changed "
+                   "after sampling?); its maps are those of the newest run of its shape (run %d)", node, result.run)
     if result is None and not probe.results:
         raise ValueError(
             f"{node}: no finished sampling run was recorded by this probe; connect the LATENT output of a "

@@ -40,7 +40,7 @@ class OuterSampleWrapper(SharedByClones):
         sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
         steps = max(int(sigmas.shape[-1]) - 1, 0) if sigmas is not None else 0
         self.probe.begin_run(guider.conds, sampling, tuple(noise.shape), steps)
-        ok = False
+        ok, out = False, None
         try:
             out = executor(*args, **kwargs)
             ok = True
@@ -49,7 +49,7 @@ class OuterSampleWrapper(SharedByClones):
             raise ValueError(f"{NODE}: while sampling, {exc}. Raise budget_mb, turn off keep_steps / "
                              "keep_blocks, or capture fewer words (capture_words).") from exc
         finally:
-            self.probe.end_run(ok)
+            self.probe.end_run(ok, out)
 
 
 class PredictNoiseWrapper(SharedByClones):
