@@ -61,7 +61,8 @@ class EnfoqueRegion(io.ComfyNode):
                                 "words."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="1: outside the mask the image does not attend to these words at all; 0: no "
-                               "effect; between: the words are that much weaker outside."),
+                               "effect; between: the words are that much weaker outside. In joint-attention models (SD3, "
+                               "Flux, ...) the words in turn see the image inside the mask only."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
                                tooltip="Start of the step window, as in ComfyUI's own nodes."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
