@@ -54,7 +54,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["unpatched", "capture_all", "capture_8_words", "reweight_bias", "reweight_scale", "concepts_4",
-           "capture_all_refined", "regions_2", "patched_no_region"]
+           "capture_all_refined", "capture_8_words_refined", "regions_2", "patched_no_region"]
 BACKEND_FLAGS = {
     "pytorch": ["--use-pytorch-cross-attention"],
     "default": [],
@@ -140,10 +140,10 @@ class Session:
                 pos = h.run("EnfoqueRegion", conditioning=pos, mask=mask, words=words, strength=1.0,
                             start_percent=0.0, end_percent=1.0)[0]
         if config != "unpatched":
-            words = ",".join(f"w{i}" for i in range(1, 9)) if config == "capture_8_words" else ""
+            words = ",".join(f"w{i}" for i in range(1, 9)) if config.startswith("capture_8_words") else ""
             mode = {"reweight_bias": "bias", "reweight_scale": "scale"}.get(config, "bias")
             extra = {"concepts": self.concepts} if config == "concepts_4" else {}
-            if config == "capture_all_refined":  # refined maps as well (Step 16)
+            if config.endswith("_refined"):  # refined maps as well (Step 16)
                 extra["refine"] = "self-attention"
             capture = not config.startswith(("reweight", "regions", "patched"))
             model = h.run("EnfoquePatchModel", model=model, capture=capture, reweight=mode,

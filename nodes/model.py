@@ -105,7 +105,7 @@ class EnfoqueAttentionMaps(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return schema("EnfoqueAttentionMaps", inputs=[
                 ModelProbeType.Input("probe", tooltip=f"The probe output of {PATCH_MODEL}."),
-                io.Latent.Input("latent", tooltip="The sampler's output; it only makes this node run after sampling."),
+                io.Latent.Input("latent", tooltip="The sampler's output: the maps are those of the run that made it."),
                 io.String.Input("words", default="", tooltip="Words or phrases, comma separated; empty = every prompt "
                                 "word. Case and punctuation at the ends do not matter; a repeated word is all its "
                                 "occurrences, word#2 the second one."),

@@ -30,3 +30,15 @@ def ksampler(model, positive, negative, latent, seed: int = 3, steps: int = 2, c
     return {"class_type": "KSampler", "inputs": {
         "model": model, "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
         "positive": positive, "negative": negative, "latent_image": latent, "denoise": 1.0}}
+
+
+def tiny_sd3_prompt(width: int = 128, height: int = 128, text: str = "a red cat") -> dict:
+    """Nodes "1" to "5" of an API-format graph on the server's tiny SD3 (tests/tiny_models.py): its model, CLIP-L
+    (type sd3), the prompt and an empty negative, and an empty latent."""
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": "tiny_clip_l.safetensors", "type": "sd3"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["2", 0]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["2", 0]}},
+        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
+    }

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import tiny_models
 import torch
-from helpers import ksampler
+from helpers import ksampler, tiny_sd3_prompt
 
 pytestmark = pytest.mark.host
 
@@ -161,14 +161,7 @@ def test_tiny_clip_is_seeded(comfy):
 
 def stock_graph(seed=5, prefix="enfoque_test/tiny_sd3"):
     return {
-        "1": {
-            "class_type": "UNETLoader",
-            "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"},
-        },
-        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": "tiny_clip_l.safetensors", "type": "sd3"}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red cat", "clip": ["2", 0]}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["2", 0]}},
-        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        **tiny_sd3_prompt(),
         "6": ksampler(["1", 0], ["3", 0], ["4", 0], ["5", 0], seed=seed),
         "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": prefix}},
     }

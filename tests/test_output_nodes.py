@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ksampler
+from helpers import ksampler, tiny_sd3_prompt
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -300,14 +300,7 @@ W, H = 160, 96  # non-square: latent 20x12, MMDiT token grid 10x6
 def sampling_graph(prefix: str, words: str = "#1, #2, #3") -> dict:
     """Tiny SD3 sampling with the pack wired in; every output node of this module."""
     g = {
-        "1": {
-            "class_type": "UNETLoader",
-            "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"},
-        },
-        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": "tiny_clip_l.safetensors", "type": "sd3"}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red cat", "clip": ["2", 0]}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["2", 0]}},
-        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": W, "height": H, "batch_size": 1}},
+        **tiny_sd3_prompt(W, H),
         "10": {
             "class_type": "EnfoquePatchModel",
             "inputs": {

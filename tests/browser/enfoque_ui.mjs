@@ -15,7 +15,7 @@
 
 import fs from "node:fs";
 import path from "node:path";
-import { check, finish, listen, openComfy, parseArgs, queueAndWait as queuePrompt, session } from "./lib.mjs";
+import { check, finish, listen, openComfy, parseArgs, queueAndWait as queuePrompt, session, withClipProbeOnAttentionMaps } from "./lib.mjs";
 
 const args = parseArgs(process.argv.slice(2));
 const url = args.url;
@@ -433,15 +433,7 @@ try {
     }, legacy);
     check(migrated.length && migrated.every((t) => t === "ENFOQUE_MODEL_PROBE"), `old probe links after loading: ${migrated}`);
     // the same workflow with its CLIP probe wired into Enfoque Attention Maps: a notice says what to connect
-    const wrong = structuredClone(legacy);
-    const clipNode = wrong.nodes.find((n) => n.type === "EnfoquePatchCLIP");
-    const attnNode = wrong.nodes.find((n) => n.type === "EnfoqueAttentionMaps");
-    const link = wrong.links.find((l) => l[3] === attnNode.id && l[4] === 0);
-    const modelNode = wrong.nodes.find((n) => n.id === link[1]);
-    modelNode.outputs[link[2]].links = modelNode.outputs[link[2]].links.filter((id) => id !== link[0]);
-    link[1] = clipNode.id;
-    link[2] = 1;
-    clipNode.outputs[1].links = [link[0]];
+    const { wrong, attnNode } = withClipProbeOnAttentionMaps(legacy);
     const legacyNotice = await page.evaluate(async ([wf, attnId]) => {
       const { app } = window;
       app.graph.clear();

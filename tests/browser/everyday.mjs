@@ -36,7 +36,7 @@
 
 import fs from "node:fs";
 import path from "node:path";
-import { check, finish, listen, nodeRects, openComfy, overlaps, parseArgs, queueAndWait, session } from "./lib.mjs";
+import { check, finish, listen, nodeRects, openComfy, overlaps, parseArgs, queueAndWait, session, withClipProbeOnAttentionMaps } from "./lib.mjs";
 
 const args = parseArgs(process.argv.slice(2));
 const url = args.url;
@@ -698,15 +698,7 @@ try {
       await route.fulfill({ response: res, json: body });
     });
     await reloadPage();
-    const wrong = structuredClone(legacy);
-    const clipNode = wrong.nodes.find((n) => n.type === "EnfoquePatchCLIP");
-    const attnNode = wrong.nodes.find((n) => n.type === "EnfoqueAttentionMaps");
-    const link = wrong.links.find((l) => l[3] === attnNode.id && l[4] === 0);
-    const modelNode = wrong.nodes.find((n) => n.id === link[1]);
-    modelNode.outputs[link[2]].links = modelNode.outputs[link[2]].links.filter((id) => id !== link[0]);
-    link[1] = clipNode.id;
-    link[2] = 1;
-    clipNode.outputs[1].links = [link[0]];
+    const { wrong, attnNode } = withClipProbeOnAttentionMaps(legacy);
     r.notice = await page.evaluate(async ([wf, attnId]) => {
       const { app } = window;
       app.graph.clear();

@@ -239,9 +239,13 @@ export function domOutside(page, slack = 2) {
   }, slack);
 }
 
-/** Enfoque DOM widgets whose content does not fit the room the node gives them (cut off, or scrolled away). */
-export function domClipped(page, slack = 2) {
-  return page.evaluate((slack) => {
+/**
+ * Enfoque DOM widgets whose content does not fit the room the node gives them (cut off, or scrolled away).
+ * With `chipsScroll`, a maps node's word chips may scroll: past the height the frontend lets Enfoque Attention
+ * Maps grow to, they do, so only the part shown counts.
+ */
+export function domClipped(page, slack = 2, chipsScroll = false) {
+  return page.evaluate(([slack, chipsScroll]) => {
     const out = [];
     for (const e of document.querySelectorAll(".enfoque-root[data-enfoque-node]")) {
       if (!e.isConnected || !e.clientHeight || getComputedStyle(e).display === "none") continue;
@@ -249,16 +253,33 @@ export function domClipped(page, slack = 2) {
       const parts = [...e.children].filter((c) => getComputedStyle(c).display !== "none");
       const style = getComputedStyle(e);
       const fixed = parts.filter((c) => !c.classList.contains("enfoque-view")); // the picture may shrink
+      const chips = (c) => c.matches(".enfoque-maps .enfoque-chips");
+      const height = (c) => (chipsScroll && chips(c) ? Math.min(c.scrollHeight, c.clientHeight) : c.scrollHeight);
       const need =
-        fixed.reduce((sum, c) => sum + c.scrollHeight, 0) +
+        fixed.reduce((sum, c) => sum + height(c), 0) +
         parseFloat(style.paddingTop) + parseFloat(style.paddingBottom) +
         parseFloat(style.rowGap || "0") * Math.max(0, parts.length - 1);
-      const hidden = fixed.filter((c) => c.scrollHeight > c.clientHeight + slack && !c.matches(".enfoque-maps .enfoque-chips"));
+      const hidden = fixed.filter((c) => c.scrollHeight > c.clientHeight + slack && !chips(c));
       if (need > e.clientHeight + slack || hidden.length) {
         out.push(`${node?.type}#${node?.id}: ${e.className} needs ${Math.round(need)} px, has ${e.clientHeight}` +
           (hidden.length ? ` (${hidden.map((c) => c.className).join(", ")} cut)` : ""));
       }
     }
     return out;
-  }, slack);
+  }, [slack, chipsScroll]);
+}
+
+/** A copy of a saved workflow whose Enfoque Attention Maps' probe link comes from Enfoque Patch CLIP's probe
+ * (output 1) instead of Enfoque Patch Model's: the wrong probe, as an old workflow of one probe type may hold. */
+export function withClipProbeOnAttentionMaps(workflow) {
+  const wrong = structuredClone(workflow);
+  const clipNode = wrong.nodes.find((n) => n.type === "EnfoquePatchCLIP");
+  const attnNode = wrong.nodes.find((n) => n.type === "EnfoqueAttentionMaps");
+  const link = wrong.links.find((l) => l[3] === attnNode.id && l[4] === 0);
+  const modelNode = wrong.nodes.find((n) => n.id === link[1]);
+  modelNode.outputs[link[2]].links = modelNode.outputs[link[2]].links.filter((id) => id !== link[0]);
+  link[1] = clipNode.id;
+  link[2] = 1;
+  clipNode.outputs[1].links = [link[0]];
+  return { wrong, attnNode };
 }

@@ -102,6 +102,25 @@ async function openTemplateBrowser(page) {
   await page.locator('[data-testid^="template-workflow-"]').first().waitFor();
 }
 
+/**
+ * Click a template's card and wait until its workflow is loaded and the browser closed. A click that lands while
+ * the cards are still laid out (thumbnails loading) can miss: while the card is still there, click it again.
+ */
+async function openCard(page, name) {
+  const card = page.locator(`[data-testid="template-workflow-${name}"]`);
+  const loaded = (n) =>
+    window.app.graph?.extra?.info?.title === n && !document.querySelector('[data-testid^="template-workflow-"]');
+  for (let attempt = 1; ; attempt++) {
+    if (await card.count()) await card.click();
+    try {
+      await page.waitForFunction(loaded, name, { timeout: 20000 });
+      return;
+    } catch (e) {
+      if (attempt === 3) throw e;
+    }
+  }
+}
+
 /** Each card of the category: title, description, and its thumbnail once loaded (size, a 32x24 copy). */
 async function readCards() {
   const cards = [];
@@ -145,34 +164,6 @@ function readMissingModels() {
   });
 }
 
-/**
- * Enfoque DOM widgets whose content does not fit their node (lib.mjs' domClipped), except that a maps
- * node's word chips may scroll: past the height the frontend lets Enfoque Attention Maps grow to, they do.
- */
-function clippedLettingChipsScroll(page, slack = 2) {
-  return page.evaluate((slack) => {
-    const out = [];
-    for (const e of document.querySelectorAll(".enfoque-root[data-enfoque-node]")) {
-      if (!e.isConnected || !e.clientHeight || getComputedStyle(e).display === "none") continue;
-      const node = window.app.graph.getNodeById(+e.dataset.enfoqueNode);
-      const parts = [...e.children].filter((c) => getComputedStyle(c).display !== "none");
-      const style = getComputedStyle(e);
-      const fixed = parts.filter((c) => !c.classList.contains("enfoque-view")); // the picture may shrink
-      const scrolls = (c) => c.matches(".enfoque-maps .enfoque-chips");
-      const need =
-        fixed.reduce((sum, c) => sum + (scrolls(c) ? Math.min(c.scrollHeight, c.clientHeight) : c.scrollHeight), 0) +
-        parseFloat(style.paddingTop) + parseFloat(style.paddingBottom) +
-        parseFloat(style.rowGap || "0") * Math.max(0, parts.length - 1);
-      const hidden = fixed.filter((c) => c.scrollHeight > c.clientHeight + slack && !scrolls(c));
-      if (need > e.clientHeight + slack || hidden.length) {
-        out.push(`${node?.type}#${node?.id}: ${e.className} needs ${Math.round(need)} px, has ${e.clientHeight}` +
-          (hidden.length ? ` (${hidden.map((c) => c.className).join(", ")} cut)` : ""));
-      }
-    }
-    return out;
-  }, slack);
-}
-
 let page;
 let close;
 try {
@@ -194,11 +185,7 @@ try {
     s.mark(`open ${name}`);
     // as a user opens it: the card in the template browser
     await openTemplateBrowser(page);
-    await page.locator(`[data-testid="template-workflow-${name}"]`).click();
-    await page.waitForFunction(
-      (n) => window.app.graph?.extra?.info?.title === n && !document.querySelector('[data-testid^="template-workflow-"]'),
-      name,
-    );
+    await openCard(page, name);
     await page.waitForTimeout(1500); // the missing-models dialog follows the load (ComfyUI asks for the folders first)
     entry.missing_models = await page.evaluate(readMissingModels);
     if (await page.locator(".comfy-missing-models").count()) {
@@ -237,7 +224,7 @@ try {
     const title = await page.evaluate(() => window.LiteGraph?.NODE_TITLE_HEIGHT ?? 30);
     const worst = after.map((r) => (r.type === "EnfoqueAttentionMaps" ? { ...r, h: Math.max(r.h, MAPS_CAP + title) } : r));
     entry.maps_heights = after.filter((r) => r.type === "EnfoqueAttentionMaps").map((r) => Math.round(r.h - title));
-    entry.after = { nodes: after.length, overlaps: overlaps(worst), undersized: undersized(after), dom: await domOutside(page), clipped: await clippedLettingChipsScroll(page) };
+    entry.after = { nodes: after.length, overlaps: overlaps(worst), undersized: undersized(after), dom: await domOutside(page), clipped: await domClipped(page, 2, true) };
     entry.grown = after
       .map((r) => [r, before.find((b) => b.id === r.id)])
       .filter(([a, b]) => b && (a.h !== b.h || a.w !== b.w))
