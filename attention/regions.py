@@ -92,6 +92,14 @@ def _merge(parts: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     return out.to(parts[0][0].dtype), total
 
 
+def _outside(i0: int, i1: int, n: int, device: torch.device) -> tuple[slice | Tensor, int]:
+    """The indices of ``0..n`` outside ``i0..i1``, and how many: a slice where they are one run (text first or
+    last, as in every family but a left-padded one), so the keys and values are views, not copies."""
+    if i0 == 0 or i1 == n:
+        return (slice(i1, n), n - i1) if i0 == 0 else (slice(0, i0), i0)
+    return torch.cat([torch.arange(0, i0, device=device), torch.arange(i1, n, device=device)]), n - (i1 - i0)
+
+
 def attend_split(
     q: Tensor,
     k: Tensor,
@@ -132,31 +140,28 @@ def attend_split(
         text_bias[rb.rows, :, q0:q1].index_add_(3, cols, rb.log_w.to(q.device)[:, None].expand(-1, -1, -1,
                                                                                                  cols.numel()))
     text_bias = text_bias.to(q.dtype if base is None else base.dtype)
-    other = torch.cat([torch.arange(0, t0), torch.arange(t1, nk)]).to(q.device)
+    other, n_other = _outside(t0, t1, nk, q.device)
     parts_img = [_part(qh[:, :, q0:q1], kh[:, :, t0:t1], vh[:, :, t0:t1], text_bias[:, :, q0:q1])]
-    if other.numel():
-        k_o, v_o = kh.index_select(2, other), vh.index_select(2, other)
-        m_o = None if base is None else (base.index_select(3, other)[:, :, q0:q1] if base.shape[2] > 1
-                                         else base.index_select(3, other))
-        parts_img.append(_part(qh[:, :, q0:q1], k_o, v_o, m_o))
+    if n_other:
+        m_o = None if base is None else (base[..., other][:, :, q0:q1] if base.shape[2] > 1 else base[..., other])
+        parts_img.append(_part(qh[:, :, q0:q1], kh[:, :, other], vh[:, :, other], m_o))
     out_img, lse_img = _merge(parts_img)
     out = torch.empty((b, qh.shape[1], nq, vh.shape[-1]), dtype=out_img.dtype, device=q.device)
     lse = torch.full((b, qh.shape[1], nq), -math.inf, dtype=torch.float32, device=q.device)
     out[:, :, q0:q1], lse[:, :, q0:q1] = out_img, lse_img
-    rest = torch.cat([torch.arange(0, q0), torch.arange(q1, nq)]).to(q.device)
-    if rest.numel():  # a joint attention's text queries: one call over every key, their rows of the masks
-        full = torch.zeros((b, 1, rest.numel(), nk), dtype=text_bias.dtype, device=q.device)
+    rest, n_rest = _outside(q0, q1, nq, q.device)
+    if n_rest:  # a joint attention's text queries: one call over every key, their rows of the masks
+        full = torch.zeros((b, 1, n_rest, nk), dtype=text_bias.dtype, device=q.device)
         if base is not None:
-            full += base.index_select(2, rest) if base.shape[2] > 1 else base
-        full[..., t0:t1] = text_bias.index_select(2, rest)
+            full += base[:, :, rest] if base.shape[2] > 1 else base
+        full[..., t0:t1] = text_bias[:, :, rest]
         if words_see_mask:
             at = torch.full((nq,), -1, dtype=torch.long, device=q.device)
-            at[rest] = torch.arange(rest.numel(), device=q.device)
-            for rb in biases:
+            at[rest] = torch.arange(n_rest, device=q.device)
+            for rb in biases:  # a text key is a query too, among those outside the image (no filter, no sync)
                 rows = at[rb.columns.to(q.device)]
-                rows = rows[rows >= 0]
                 full[rb.rows, :, rows, q0:q1] += rb.log_w.to(q.device)[:, None, None, :, 0].to(full.dtype)
-        o, lse_r = _part(qh.index_select(2, rest), kh, vh, full)
+        o, lse_r = _part(qh[:, :, rest], kh, vh, full)
         out[:, :, rest], lse[:, :, rest] = o, lse_r
     maps = []
     if captures:

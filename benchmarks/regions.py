@@ -113,7 +113,7 @@ def single_objects(st: Steering, captions: list[str], seed: int, batch: int, neg
     for method in ("none", "region", "region+words see mask", "ConditioningSetMask"):
         hits, right, seconds, n = 0, 0, 0.0, 0
         for k, cap in enumerate(captions):
-            qname, q = quads[k % len(quads)]
+            _, q = quads[k % len(quads)]
             obj = " ".join(cap.split()[1:])
             if method == "none":
                 pos, model = st.rig.encode(cap), st.model

@@ -587,20 +587,20 @@ function formatShare(share) {
   return `${Math.round(100 * share)}%`;
 }
 
-function chipShare(node, i) {
-  const s = node.enfoque;
-  const view = shown(s);
+function chipShares(node) {
+  const view = shown(node.enfoque);
   const px = pinnedPixel(node);
-  if (px && view.grid && i < view.grid.values.length) return sharesAt(view.grid, px.x, px.y)[i].share;
-  return view.shares[i];
+  const at = px && view.grid ? sharesAt(view.grid, px.x, px.y) : null;
+  return (i) => (at && i < at.length ? at[i].share : view.shares[i]);
 }
 
 /** The chips' values (the shown frame's shares, or the shares at the pinned pixel) and the pixel tag. */
 function updateChipValues(node) {
   const s = node.enfoque;
   const px = pinnedPixel(node);
+  const shareOf = chipShares(node);
   for (const chip of s.chips.querySelectorAll(".enfoque-chip")) {
-    const share = chipShare(node, +chip.dataset.index);
+    const share = shareOf(+chip.dataset.index);
     const val = chip.querySelector(".enfoque-val");
     if (val) val.textContent = share == null ? "" : formatShare(share);
     chip.dataset.share = share == null ? "" : String(share);
@@ -657,7 +657,7 @@ function showView(node) {
   let label = "";
   if (word != null) {
     entry = view.images[i] ?? null;
-    const share = chipShare(node, i);
+    const share = chipShares(node)(i);
     label = share == null ? word : `${word}  ${(100 * share).toFixed(1)}%`;
     if (pinnedPixel(node) && share != null) label += " here";
     if (view.f >= 0) label += `  (${view.caption})`;
@@ -759,7 +759,7 @@ function negativeFor(node) {
   const i = node.inputs?.findIndex((x) => x.name === "maps") ?? -1;
   const up = i >= 0 && node.inputs[i].link != null ? node.getInputNode?.(i) : null;
   if (!up || !MAP_NODES.has(up.comfyClass)) return null;
-  return up.enfoque?.kept.negative ?? up.properties?.[LAST_OUTPUT]?.negative ?? null;
+  return up.enfoque?.kept.negative ?? null;
 }
 
 function readoutColumn(title, words, grid, u, v, here, limit = READOUT_ROWS) {
@@ -982,7 +982,7 @@ function chipsOutput(output) {
     frames,
     grid: validGrid(output.enfoque_grid?.[0]),
     panels: output.enfoque_panels?.[0] ?? null,
-    negative: neg && Array.isArray(neg.words) ? { words: neg.words.map(String), shares: neg.shares ?? [], grid: validGrid(neg.grid) } : null,
+    negative: neg && Array.isArray(neg.words) ? { words: neg.words.map(String), grid: validGrid(neg.grid) } : null,
   };
   if (JSON.stringify(kept).length > KEPT_BYTES) for (const f of kept.frames) f.grid = null; // pointing then reads the mean
   return kept;
@@ -1265,14 +1265,13 @@ function weighWords(labels, text) {
 /** `text` with chip `i`'s weight set (by its own entry, `word` or `word#k`); other entries are kept verbatim. */
 function withChipWeight(text, labels, i, weight) {
   const entries = parseWeights(text);
-  const selects = (e) => !e.error && findWords(labels, e.key);
-  let own = -1;
-  entries.forEach((e, j) => {
-    const idx = selects(e);
-    if (idx && idx.length === 1 && idx[0] === i) own = j;
+  const picks = entries.map((e) => (!e.error && findWords(labels, e.key)) || []);
+  let own = -1; // the last entry that is chip i's own
+  picks.forEach((idx, j) => {
+    if (idx.length === 1 && idx[0] === i) own = j;
   });
-  const later = own >= 0 && entries.slice(own + 1).some((e) => (selects(e) || []).includes(i));
-  const others = entries.some((e, j) => j !== own && (selects(e) || []).includes(i));
+  const later = own >= 0 && picks.slice(own + 1).some((idx) => idx.includes(i));
+  const others = picks.some((idx, j) => j !== own && idx.includes(i));
   const out = entries.map((e) => e.raw);
   const entry = (key) => `${key}:${formatNumber(weight)}`;
   if (own >= 0 && !later) {
@@ -1527,13 +1526,9 @@ function setupWeightNode(nodeType) {
   });
 }
 
-// what tests (and other extensions) may call: the word rule, as attention/selection.py has it
-export { findWords, normalWord, parseItems, selectWords, spelling, weighWords, withChipWeight };
-
 app.registerExtension({
   name: EXT,
-  wordRule: { selectWords, findWords, normalWord, parseItems, spelling, weighWords, withChipWeight },
-  info: () => infoReady,
+  wordRule: { selectWords }, // the word rule as attention/selection.py has it (the browser test runs it)
   setup() {
     addStyle();
     ensureSocketColours();

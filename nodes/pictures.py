@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 HEATMAP_NORMALISATIONS = ["minmax", "text", "softmax", "none"]
 PANEL_GAP = 4  # px between the panels of attention/render.py's heatmap_panels (its _GAP)
 OVER = ["mean", "steps", "blocks", "frames"]
-log = logging.getLogger(__name__)
 
 MAX_FRAMES_BYTES = 2 * 2**30  # the IMAGE batch of every frame together (float32)
 MAX_SIZE = 16384

@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
-if str(TESTS_DIR) not in sys.path:
-    sys.path.insert(0, str(TESTS_DIR))
+for _dir in (TESTS_DIR.parent / "tools", TESTS_DIR):  # test helpers, and the tools the tests check (templates, shapes)
+    if str(_dir) not in sys.path:
+        sys.path.insert(0, str(_dir))
 
 # On 2-core machines a second OpenMP thread makes torch several times slower
 # for the small ops of these tests; set OMP_NUM_THREADS to choose otherwise.
@@ -133,7 +134,6 @@ def comfy_server(comfy, tmp_path_factory):
         # written while the server boots; ComfyUI rescans model folders on request
         tiny_models.write_models(server.models_dir)
         # the picture the "Shapes - explain an image" template loads (tools/shapes.py install --input)
-        sys.path.insert(0, str(TESTS_DIR.parent / "tools"))
         import shapes
 
         shapes.write_example(server.input_dir)

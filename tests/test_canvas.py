@@ -337,7 +337,7 @@ def test_over_steps_without_keep_steps_fails_with_the_fix(comfy_server):
 def test_template_for_animation_uses_the_stock_saver(comfy_server):
     """The animation template's Enfoque Heatmaps draws one frame per step (over steps, keep_steps on), read by
     widget name in the order the frontend saves them (/object_info's), into the stock Save Animated WEBP."""
-    from test_templates import api_prompt  # tools/templates.py's
+    from templates import api_prompt  # tools/templates.py
 
     path = REPO_ROOT / "example_workflows" / "SD3.5 - attention over the denoising steps.json"
     wf = json.loads(path.read_text(encoding="utf-8"))

@@ -157,9 +157,6 @@ def test_refine_is_neutral_and_maps_are_read_as_kind_refined(comfy, tiny_dir, na
     sharp = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="", kind="refined")[0]
     assert sharp.words == cross.words and sharp.maps.shape == cross.maps.shape
     assert sharp.meta["kind"] == "refined" and not torch.allclose(sharp.maps, cross.maps)
-    # refined maps keep each word's attention mass on the picture (the image attention's rows sum to 1,
-    # so mass moves between pixels but the map's total over an image query's neighbours is kept on average)
-    assert torch.isfinite(sharp.maps).all() and (sharp.maps >= 0).all()
     step = comfy.run("EnfoqueAttentionMaps", probe=probe, latent=out, words="", kind="refined", step=1)[0]
     assert step.meta["steps"] == [1] and len(sharp.steps) == 2
     torch.testing.assert_close(sharp.steps[1].maps, step.maps)

@@ -35,8 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import templates as tool  # tools/templates.py (conftest puts tools/ on the path)
 from host import REPO_ROOT
 from PIL import Image
+from templates import FRONTEND_ONLY, widget_inputs
 from test_frontend import (  # noqa: F401  (browser_models is a fixture)
     ARTIFACTS,
     BROWSER_DIR,
@@ -45,11 +47,6 @@ from test_frontend import (  # noqa: F401  (browser_models is a fixture)
     browser_models,
     run_browser_script,
 )
-
-if str(REPO_ROOT / "tools") not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT / "tools"))
-import templates as tool  # noqa: E402  (tools/templates.py)
-from templates import FRONTEND_ONLY, api_prompt, widget_inputs  # noqa: E402, F401  (test_shapes_model uses api_prompt)
 
 EXAMPLES = REPO_ROOT / "example_workflows"
 GROUPS = ["Load", "Encode", "Sample", "Look"]

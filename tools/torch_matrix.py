@@ -264,7 +264,7 @@ def row(version: str, d: Path, skipped_everywhere: set[str] = frozenset()) -> di
     return {
         "torch": meta.get("torch_installed") or version,
         "torchvision": (meta.get("torchvision_installed") or meta.get("torchvision", "?"))
-        + (f" (wants {_requirement(probe_res['torchvision_requires'])})"
+        + (f" (wants {probe_res['torchvision_requires']})"
            if probe_res and probe_res.get("torchvision_requires") else ""),
         "comfy": comfy,
         "pure": _counts(pure),

@@ -151,6 +151,5 @@ def chips(maps: AttentionMaps, image: torch.Tensor | None = None, colormap: str 
 
 def negative_chips(maps: AttentionMaps) -> dict:
     """The negative prompt's words beside the positive's (Enfoque Attention Maps with capture_negative):
-    ``{"words", "shares" (first batch row), "grid": pointing_grid}``."""
-    return {"words": list(maps.words), "shares": _shares(maps.maps)[0] if len(maps.words) else [],
-            "grid": pointing_grid(maps.maps)}
+    ``{"words", "grid": pointing_grid}`` (pointing ranks them at a pixel)."""
+    return {"words": list(maps.words), "grid": pointing_grid(maps.maps)}

@@ -138,12 +138,7 @@ class AttentionOverride(SharedByClones):
                 reweight=reweight, captures=captures, query_range=plan.query_range,
                 compute_out=None if fused else compute_out,
             )
-        if maps:
-            run.record(plan, maps, heads, state.step, site.block)
-            if run.refined_acc is not None:
-                refined = self._refined(call, state, plan, maps, site)
-                if refined is not None:
-                    run.record(plan, refined, 1, state.step, site.block, refined=True)
+        self._record(call, state, plan, maps, site)
         return out
 
     def _regions(self, call: AttentionCall, state: CallState, plan, site: Site, regions: list, reweight, captures,
@@ -159,13 +154,18 @@ class AttentionOverride(SharedByClones):
                                  skip_reshape=call.skip_reshape, skip_output_reshape=call.skip_output_reshape,
                                  reweight=reweight, captures=captures,
                                  words_see_mask=any(rb.words_see_mask for _, rb, _ in plan.regions.rows))
-        if maps:
-            state.run.record(plan, maps, call.heads, state.step, site.block)
-            if state.run.refined_acc is not None:
-                refined = self._refined(call, state, plan, maps, site)
-                if refined is not None:
-                    state.run.record(plan, refined, 1, state.step, site.block, refined=True)
+        self._record(call, state, plan, maps, site)
         return out
+
+    def _record(self, call: AttentionCall, state: CallState, plan, maps: list, site: Site) -> None:
+        """This call's captured maps (summed over heads) into the run, and their refined maps with refine on."""
+        if not maps:
+            return
+        state.run.record(plan, maps, call.heads, state.step, site.block)
+        if state.run.refined_acc is not None:
+            refined = self._refined(call, state, plan, maps, site)
+            if refined is not None:
+                state.run.record(plan, refined, 1, state.step, site.block, refined=True)
 
     def _refined(self, call: AttentionCall, state: CallState, plan, maps: list, site: Site) -> list | None:
         """The refined maps of this call's captures (`attention.refine`): through this joint attention's own

@@ -32,7 +32,7 @@ class Plan:
     reducers: list[torch.Tensor | None]  # per capture: columns -> the kept maps (`state.Route.reducer`)
     areas: list[Area | None]
     reweight: Reweight | None
-    query_range: tuple[int, int] | None
+    query_range: tuple[int, int]
     regions: RegionPlan | None = None  # Enfoque Region's words of some rows, on the text keys
     text_range: tuple[int, int] = (0, 0)  # where the text keys are
 
@@ -118,13 +118,15 @@ def build_plan(site: Site, uuids: list, routes: dict[Any, Route], areas: dict[An
     else:
         n_img = call_grid[0] * call_grid[1]
         q0 = site.query_start
-        if captures and q_len < q0 + n_img:
+        if (captures or regions.rows) and q_len < q0 + n_img:
             if site.img_start is None and site.seq_len is not None:
                 log.once(("queries", site.block, q_len), "block %d has %d queries, fewer than its %d text and %d "
-                         "image tokens; it is not captured", site.block, q_len, site.txt_len, n_img)
+                         "image tokens; it is not captured and its regions do not act", site.block, q_len,
+                         site.txt_len, n_img)
             else:
                 log.once(("queries", site.block, q_len), "block %d has %d queries, fewer than the %d image tokens "
-                         "from query %d on; it is not captured", site.block, q_len, n_img, q0)
+                         "from query %d on; it is not captured and its regions do not act", site.block, q_len,
+                         n_img, q0)
             captures, keys, copies, places, reducers = [], [], [], [], []
             regions = RegionPlan()
         query_range = (q0, q0 + n_img)

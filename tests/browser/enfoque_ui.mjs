@@ -15,7 +15,7 @@
 
 import fs from "node:fs";
 import path from "node:path";
-import { check, finish, listen, openComfy, parseArgs, queueAndWait as queuePrompt, session, withClipProbeOnAttentionMaps } from "./lib.mjs";
+import { check, finish, openComfy, parseArgs, queueAndWait as queuePrompt, reloadComfy, session, withClipProbeOnAttentionMaps } from "./lib.mjs";
 
 const args = parseArgs(process.argv.slice(2));
 const url = args.url;
@@ -255,14 +255,7 @@ try {
 
   mark("page reload");
   // the browser reloads the page: the frontend restores the open workflow from its storage, without outputs
-  await page.waitForTimeout(1500); // the frontend stores the open workflow shortly after each change
-  await page.reload();
-  await page.waitForFunction(
-    (id) => window.app?.graph?.getNodeById(+id) && window.app.extensions?.some((e) => e.name === "enfoque.WordChips"),
-    MAPS_NODE,
-    { timeout: 60000 },
-  );
-  await listen(page);
+  await reloadComfy(page, MAPS_NODE);
   await focusNode(MAPS_NODE);
   const afterPageReload = await page.evaluate((id) => ({
     outputs: !!window.app.nodeOutputs?.[id]?.enfoque_words,

@@ -87,11 +87,24 @@ export async function openComfy({ url, executablePath, result, viewport = { widt
   return { context, page, close };
 }
 
+/** Reload the page as a user does: the frontend restores the open workflow from its storage (without outputs). */
+export async function reloadComfy(page, nodeId) {
+  await page.waitForTimeout(1500); // the frontend stores the open workflow shortly after each change
+  await page.reload();
+  await page.waitForFunction(
+    (id) => window.app?.graph?.getNodeById(+id) && window.app.extensions?.some((e) => e.name === "enfoque.WordChips"),
+    nodeId,
+    { timeout: 60000 },
+  );
+  await listen(page);
+}
+
 /** Record what the server says while prompts run (again after each page load). */
 export async function listen(page) {
   await page.evaluate(async () => {
     const { api } = await import("/scripts/api.js");
-    window.__enfoque = { executed: {}, errors: [], done: 0, notices: [] };
+    window.__enfoque = { executed: {}, cached: [], errors: [], done: 0, notices: [] };
+    api.addEventListener("execution_cached", ({ detail }) => window.__enfoque.cached.push(...(detail.nodes ?? []).map(String)));
     api.addEventListener("executed", ({ detail }) => {
       window.__enfoque.executed[String(detail.display_node ?? detail.node)] = detail.output;
     });
@@ -108,6 +121,7 @@ export async function listen(page) {
 export async function queueAndWait(page, prompt = null, timeout = 180000) {
   const before = await page.evaluate(() => {
     window.__enfoque.executed = {};
+    window.__enfoque.cached = [];
     window.__enfoque.errors = [];
     return window.__enfoque.done;
   });

@@ -180,7 +180,6 @@ try {
 
   for (const file of files) {
     const name = file.replace(/\.json$/, "");
-    const saved = JSON.parse(fs.readFileSync(path.join(args.templates, file), "utf8"));
     const entry = (result.templates[name] = {});
     s.mark(`open ${name}`);
     // as a user opens it: the card in the template browser
